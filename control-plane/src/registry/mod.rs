@@ -1,0 +1,35 @@
+//! The registry: Meridian's data model and its deterministic state machine.
+//!
+//! # Layout
+//! - [`names`]: validation of every user-supplied field (DNS names, addresses, ports,
+//!   attributes), one typed error per field;
+//! - [`model`]: namespaces, services, instances and their health;
+//! - [`command`]: the replicated commands (each starts with a type tag) and their outcomes;
+//! - [`state`]: [`Registry`], `apply(index, command)`, revisions, snapshot and restore;
+//! - [`discover`]: the pure filtering behind `DiscoverInstances`.
+//!
+//! # Rules of this room
+//! No I/O, no clock, no randomness, no tokio, tonic or raft imports: the same command log
+//! applied anywhere yields byte-identical state. Decisions that depend on time (TTL expiry)
+//! are taken by the leader and written into a command. A command the state machine rejects is
+//! rejected identically on every replica, and leaves the state untouched.
+//!
+//! Readers get the registry as an immutable value (`Arc<Registry>`); cloning it is cheap
+//! because namespaces, services and instances are shared behind `Arc`s and copied on write.
+
+pub mod command;
+pub mod discover;
+pub mod error;
+pub mod model;
+pub mod names;
+pub mod state;
+
+#[cfg(test)]
+mod tests;
+
+pub use command::{Command, InstanceSpec, Outcome, ServiceSpec};
+pub use discover::{DiscoverQuery, HealthFilter};
+pub use error::RegistryError;
+pub use model::{CheckKind, HealthCheck, HealthStatus, Instance, Namespace, Service};
+pub use names::ServiceName;
+pub use state::Registry;
