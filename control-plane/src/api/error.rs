@@ -1,0 +1,52 @@
+//! The one mapping from the control plane's errors to `tonic::Status`.
+
+use tonic::{Code, Status};
+
+use crate::raft::ProposeError;
+use crate::registry::RegistryError;
+use crate::replica::ReplicaError;
+
+/// Converts any error the API can meet into the gRPC status a client sees. The message names
+/// the field and the reason (`port: 0 is not a port (1-65535)`); nothing internal leaks.
+pub(crate) fn status(err: impl Into<ReplicaError>) -> Status {
+    match err.into() {
+        ReplicaError::Registry(e) => registry_status(e),
+        ReplicaError::Raft(e) => raft_status(e),
+        ReplicaError::Timeout(d) => Status::deadline_exceeded(format!(
+            "the write was not committed within {d:?}; it may still take effect"
+        )),
+    }
+}
+
+pub(crate) fn registry_status(err: RegistryError) -> Status {
+    let code = match &err {
+        RegistryError::InvalidArgument { .. } => Code::InvalidArgument,
+        RegistryError::NotFound { .. } => Code::NotFound,
+        RegistryError::AlreadyExists { .. } => Code::AlreadyExists,
+        RegistryError::FailedPrecondition(_) => Code::FailedPrecondition,
+    };
+    Status::new(code, err.to_string())
+}
+
+fn raft_status(err: ProposeError) -> Status {
+    match err {
+        ProposeError::NotLeader { leader_id } => {
+            let hint = leader_id.map_or_else(
+                || "no leader is known yet (election in progress)".to_owned(),
+                |id| format!("the leader is node {id}"),
+            );
+            let mut status = Status::unavailable(format!("this node is not the leader; {hint}"));
+            if let Some(id) = leader_id {
+                if let Ok(v) = id.to_string().parse() {
+                    status.metadata_mut().insert("meridian-leader-id", v);
+                }
+            }
+            status
+        }
+        ProposeError::Storage(reason) => {
+            tracing::error!(%reason, "storage failure during a write");
+            Status::internal("the node could not persist the write")
+        }
+        other => Status::unavailable(other.to_string()),
+    }
+}

@@ -1,0 +1,83 @@
+//! The gRPC API: tonic services that translate requests into registry commands and reads.
+//!
+//! # Layout
+//! - [`registry`]: `meridian.v1.Registry`;
+//! - [`cluster`]: `meridian.v1.Cluster`;
+//! - `convert`: generated types ↔ registry types (the only place that sees request types);
+//! - `error`: the one mapping from our errors to `tonic::Status`.
+//!
+//! Beside ours, the server carries the standard `grpc.health.v1.Health` service and server
+//! reflection (v1 and v1alpha), so grpcurl, grpc-health-probe and Kubernetes probes work.
+//!
+//! Depends on the registry (types) and the replica (writes and reads); never on Raft
+//! internals beyond the status the replica exposes.
+
+pub mod cluster;
+mod convert;
+mod error;
+pub mod registry;
+
+use std::net::SocketAddr;
+
+use meridian_proto::v1::cluster_server::ClusterServer;
+use meridian_proto::v1::registry_server::RegistryServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::replica::Replica;
+
+/// Largest request a client may send, in bytes. Generous for any registration (30
+/// attributes of 256 bytes fit in 10 KiB) while refusing abuse early.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// Why the API server stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The reflection service could not read our descriptors.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled, then drains in-flight calls.
+pub async fn serve(
+    listener: TcpListener,
+    replica: Replica,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let local: Option<SocketAddr> = listener.local_addr().ok();
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<RegistryServer<registry::RegistryService>>()
+        .await;
+    health_reporter
+        .set_serving::<ClusterServer<cluster::ClusterService>>()
+        .await;
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let registry = RegistryServer::new(registry::RegistryService::new(replica.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let cluster = ClusterServer::new(cluster::ClusterService::new(replica));
+
+    tracing::info!(addr = ?local, "gRPC API listening");
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(registry)
+        .add_service(cluster)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}

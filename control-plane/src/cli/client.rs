@@ -1,0 +1,555 @@
+//! The client subcommands: one gRPC call each, printed as a table or as JSON.
+
+use std::collections::HashMap;
+
+use meridian_proto::v1 as pb;
+use meridian_proto::v1::cluster_client::ClusterClient;
+use meridian_proto::v1::registry_client::RegistryClient;
+use serde_json::{Value, json};
+use tonic::transport::{Channel, Endpoint};
+
+use super::{
+    ClusterCommand, Command, ConsistencyArg, DiscoverArgs, HealthArg, HealthFilterArg,
+    InstanceCommand, NamespaceCommand, ServiceCommand, ServiceCreateArgs, output, parse,
+};
+
+type Outcome = Result<(), String>;
+
+pub(super) async fn run(addr: &str, json: bool, command: Command) -> Outcome {
+    let channel = connect(addr).await?;
+    let registry = RegistryClient::new(channel.clone());
+    match command {
+        Command::Namespace(c) => namespace(registry, json, c).await,
+        Command::Service(c) => service(registry, json, c).await,
+        Command::Instance(c) => instance(registry, json, c).await,
+        Command::Discover(args) => discover(registry, json, args).await,
+        Command::Cluster(ClusterCommand::Status) => {
+            cluster_status(ClusterClient::new(channel), json).await
+        }
+        Command::Dev(_) | Command::Server(_) => Err("not a client command".into()),
+    }
+}
+
+async fn connect(addr: &str) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(addr.to_owned())
+        .map_err(|e| format!("--addr: {addr:?} is not a URL ({e})"))?
+        .connect_timeout(std::time::Duration::from_secs(3));
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach meridian at {addr}: {}", root_cause(&e)))
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// One line: the gRPC code in words, then the server's message (which names the field).
+fn status(s: tonic::Status) -> String {
+    let code = format!("{:?}", s.code());
+    let words: String = code
+        .chars()
+        .flat_map(|c| {
+            if c.is_uppercase() {
+                vec![' ', c.to_ascii_lowercase()]
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    format!("{}: {}", words.trim(), s.message())
+}
+
+async fn namespace(
+    mut client: RegistryClient<Channel>,
+    json: bool,
+    command: NamespaceCommand,
+) -> Outcome {
+    match command {
+        NamespaceCommand::Create { name, description } => {
+            let r = client
+                .create_namespace(pb::CreateNamespaceRequest { name, description })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let ns = r.namespace.unwrap_or_default();
+            print_written(
+                json,
+                &format!("namespace {} created", ns.name),
+                r.revision,
+                namespace_json(&ns),
+            );
+        }
+        NamespaceCommand::Get { name } => {
+            let r = client
+                .get_namespace(pb::GetNamespaceRequest {
+                    name,
+                    ..Default::default()
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_namespaces(json, &[r.namespace.unwrap_or_default()], r.revision);
+        }
+        NamespaceCommand::List => {
+            let r = client
+                .list_namespaces(pb::ListNamespacesRequest::default())
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_namespaces(json, &r.namespaces, r.revision);
+        }
+        NamespaceCommand::Delete { name } => {
+            let r = client
+                .delete_namespace(pb::DeleteNamespaceRequest { name: name.clone() })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_written(
+                json,
+                &format!("namespace {name} deleted"),
+                r.revision,
+                json!({"name": name}),
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn service(
+    mut client: RegistryClient<Channel>,
+    json: bool,
+    command: ServiceCommand,
+) -> Outcome {
+    match command {
+        ServiceCommand::Create(args) => {
+            let request = create_service_request(args)?;
+            let r = client
+                .create_service(request)
+                .await
+                .map_err(status)?
+                .into_inner();
+            let s = r.service.unwrap_or_default();
+            print_written(
+                json,
+                &format!("service {} created", s.name),
+                r.revision,
+                service_json(&s),
+            );
+        }
+        ServiceCommand::Get { name } => {
+            let r = client
+                .get_service(pb::GetServiceRequest {
+                    name,
+                    ..Default::default()
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_services(json, &[r.service.unwrap_or_default()], r.revision);
+        }
+        ServiceCommand::List { namespace } => {
+            let r = client
+                .list_services(pb::ListServicesRequest {
+                    namespace: namespace.unwrap_or_default(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_services(json, &r.services, r.revision);
+        }
+        ServiceCommand::Delete { name, force } => {
+            let r = client
+                .delete_service(pb::DeleteServiceRequest {
+                    name: name.clone(),
+                    force,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_written(
+                json,
+                &format!("service {name} deleted"),
+                r.revision,
+                json!({"name": name}),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn create_service_request(args: ServiceCreateArgs) -> Result<pb::CreateServiceRequest, String> {
+    let dns_ttl_seconds = match args.dns_ttl {
+        Some(d) if d.as_secs() == 0 || d.subsec_millis() != 0 => {
+            return Err(format!(
+                "--dns-ttl: {d:?} is not a whole number of seconds ≥ 1"
+            ));
+        }
+        Some(d) => u32::try_from(d.as_secs()).map_err(|_| "--dns-ttl: too long".to_owned())?,
+        None => 0,
+    };
+    let health_check = match args.check {
+        None => {
+            if args.check_interval.is_some()
+                || args.check_timeout.is_some()
+                || args.deregister_after.is_some()
+            {
+                return Err(
+                    "--check-interval, --check-timeout and --deregister-after need --check".into(),
+                );
+            }
+            None
+        }
+        Some(spec) => Some(pb::HealthCheck {
+            kind: Some(parse::check(&spec)?),
+            interval_ms: args
+                .check_interval
+                .map(|d| parse::millis("--check-interval", d))
+                .transpose()?
+                .unwrap_or(0),
+            timeout_ms: args
+                .check_timeout
+                .map(|d| parse::millis("--check-timeout", d))
+                .transpose()?
+                .unwrap_or(0),
+            deregister_after_ms: args
+                .deregister_after
+                .map(|d| parse::millis("--deregister-after", d))
+                .transpose()?
+                .unwrap_or(0),
+            ..Default::default()
+        }),
+    };
+    Ok(pb::CreateServiceRequest {
+        name: args.name,
+        description: args.description,
+        dns_ttl_seconds,
+        health_check,
+    })
+}
+
+async fn instance(
+    mut client: RegistryClient<Channel>,
+    json: bool,
+    command: InstanceCommand,
+) -> Outcome {
+    match command {
+        InstanceCommand::Register {
+            service,
+            id,
+            address,
+            port,
+            attributes,
+        } => {
+            let r = client
+                .register_instance(pb::RegisterInstanceRequest {
+                    service,
+                    id,
+                    address,
+                    port,
+                    attributes: attributes.into_iter().collect::<HashMap<_, _>>(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let i = r.instance.unwrap_or_default();
+            let verb = if r.replaced { "replaced" } else { "registered" };
+            print_written(
+                json,
+                &format!("instance {}.{} {verb}", i.id, i.service),
+                r.revision,
+                instance_json(&i),
+            );
+        }
+        InstanceCommand::Deregister { service, id } => {
+            let r = client
+                .deregister_instance(pb::DeregisterInstanceRequest {
+                    service: service.clone(),
+                    id: id.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_written(
+                json,
+                &format!("instance {id}.{service} deregistered"),
+                r.revision,
+                json!({"service": service, "id": id}),
+            );
+        }
+        InstanceCommand::SetHealth {
+            service,
+            id,
+            health,
+        } => {
+            let health = match health {
+                HealthArg::Healthy => pb::HealthStatus::Healthy,
+                HealthArg::Unhealthy => pb::HealthStatus::Unhealthy,
+                HealthArg::Unknown => pb::HealthStatus::Unknown,
+            };
+            let r = client
+                .update_instance_health(pb::UpdateInstanceHealthRequest {
+                    service,
+                    id,
+                    health: health as i32,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let i = r.instance.unwrap_or_default();
+            print_written(
+                json,
+                &format!(
+                    "instance {}.{} is {}",
+                    i.id,
+                    i.service,
+                    health_word(i.health)
+                ),
+                r.revision,
+                instance_json(&i),
+            );
+        }
+        InstanceCommand::Get { service, id } => {
+            let r = client
+                .get_instance(pb::GetInstanceRequest {
+                    service,
+                    id,
+                    ..Default::default()
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_instances(json, &[r.instance.unwrap_or_default()], r.revision);
+        }
+        InstanceCommand::List { service } => {
+            let r = client
+                .list_instances(pb::ListInstancesRequest {
+                    service,
+                    ..Default::default()
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_instances(json, &r.instances, r.revision);
+        }
+    }
+    Ok(())
+}
+
+async fn discover(mut client: RegistryClient<Channel>, json: bool, args: DiscoverArgs) -> Outcome {
+    let health_filter = match args.health {
+        HealthFilterArg::Healthy => pb::HealthFilter::Healthy,
+        HealthFilterArg::Unhealthy => pb::HealthFilter::Unhealthy,
+        HealthFilterArg::All => pb::HealthFilter::All,
+        HealthFilterArg::HealthyOrElseAll => pb::HealthFilter::HealthyOrElseAll,
+    };
+    let consistency = match args.consistency {
+        ConsistencyArg::Stale => pb::Consistency::Stale,
+        ConsistencyArg::Linearizable => pb::Consistency::Linearizable,
+    };
+    let r = client
+        .discover_instances(pb::DiscoverInstancesRequest {
+            service: args.service,
+            query_parameters: args.attributes.into_iter().collect(),
+            optional_parameters: args.optional.into_iter().collect(),
+            health_filter: health_filter as i32,
+            max_results: args.max_results,
+            consistency: consistency as i32,
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    print_instances(json, &r.instances, r.revision);
+    Ok(())
+}
+
+async fn cluster_status(mut client: ClusterClient<Channel>, json: bool) -> Outcome {
+    let s = client
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(status)?
+        .into_inner();
+    let role = pb::Role::try_from(s.role).unwrap_or(pb::Role::Unspecified);
+    let role = role
+        .as_str_name()
+        .trim_start_matches("ROLE_")
+        .to_ascii_lowercase();
+    if json {
+        output::json(&json!({
+            "node_id": s.node_id,
+            "role": role,
+            "leader_id": s.leader_id,
+            "term": s.term,
+            "commit_index": s.commit_index,
+            "applied_index": s.applied_index,
+            "snapshot_index": s.snapshot_index,
+            "revision": s.revision,
+            "members": s.members.iter().map(|m| json!({
+                "id": m.id, "address": m.address, "voter": m.voter, "match_index": m.match_index,
+            })).collect::<Vec<_>>(),
+        }));
+        return Ok(());
+    }
+    output::line(&format!(
+        "node {} is {role}; leader {}; term {}; commit {}; applied {}; snapshot {}; revision {}",
+        s.node_id,
+        s.leader_id,
+        s.term,
+        s.commit_index,
+        s.applied_index,
+        s.snapshot_index,
+        s.revision
+    ));
+    let rows: Vec<Vec<String>> = s
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                m.address.clone(),
+                if m.voter { "voter" } else { "learner" }.into(),
+                if m.id == s.leader_id { "leader" } else { "" }.into(),
+                m.match_index.to_string(),
+            ]
+        })
+        .collect();
+    output::table(&["ID", "ADDRESS", "KIND", "ROLE", "MATCH"], &rows);
+    Ok(())
+}
+
+// --- printing ---
+
+fn print_written(json: bool, what: &str, revision: u64, object: Value) {
+    if json {
+        output::json(&json!({"revision": revision, "result": object}));
+    } else {
+        output::line(&format!("{what} (revision {revision})"));
+    }
+}
+
+fn print_namespaces(json: bool, list: &[pb::Namespace], revision: u64) {
+    if json {
+        output::json(
+            &json!({"revision": revision, "namespaces": list.iter().map(namespace_json).collect::<Vec<_>>()}),
+        );
+        return;
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.service_count.to_string(),
+                n.mod_revision.to_string(),
+                n.description.clone(),
+            ]
+        })
+        .collect();
+    output::table(&["NAMESPACE", "SERVICES", "REVISION", "DESCRIPTION"], &rows);
+}
+
+fn print_services(json: bool, list: &[pb::Service], revision: u64) {
+    if json {
+        output::json(
+            &json!({"revision": revision, "services": list.iter().map(service_json).collect::<Vec<_>>()}),
+        );
+        return;
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.instance_count.to_string(),
+                format!("{}s", s.dns_ttl_seconds),
+                check_word(s.health_check.as_ref()),
+                s.mod_revision.to_string(),
+            ]
+        })
+        .collect();
+    output::table(
+        &["SERVICE", "INSTANCES", "DNS TTL", "CHECK", "REVISION"],
+        &rows,
+    );
+}
+
+fn print_instances(json: bool, list: &[pb::Instance], revision: u64) {
+    if json {
+        output::json(
+            &json!({"revision": revision, "instances": list.iter().map(instance_json).collect::<Vec<_>>()}),
+        );
+        return;
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|i| {
+            let mut attrs: Vec<String> = i
+                .attributes
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            attrs.sort();
+            let address = match i.address.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V6(_)) => format!("[{}]:{}", i.address, i.port),
+                _ => format!("{}:{}", i.address, i.port),
+            };
+            vec![
+                i.id.clone(),
+                address,
+                health_word(i.health).into(),
+                attrs.join(","),
+            ]
+        })
+        .collect();
+    output::table(&["ID", "ADDRESS", "HEALTH", "ATTRIBUTES"], &rows);
+}
+
+fn health_word(h: i32) -> &'static str {
+    match pb::HealthStatus::try_from(h) {
+        Ok(pb::HealthStatus::Healthy) => "healthy",
+        Ok(pb::HealthStatus::Unhealthy) => "unhealthy",
+        Ok(pb::HealthStatus::Unknown) => "unknown",
+        _ => "unspecified",
+    }
+}
+
+fn check_word(c: Option<&pb::HealthCheck>) -> String {
+    use pb::health_check::Kind;
+    match c.and_then(|c| c.kind.as_ref()) {
+        None => "none".into(),
+        Some(Kind::Ttl(t)) => format!("ttl:{}ms", t.ttl_ms),
+        Some(Kind::Http(h)) => format!("http:{}", h.path),
+        Some(Kind::Tcp(_)) => "tcp".into(),
+        Some(Kind::Grpc(g)) if g.service.is_empty() => "grpc".into(),
+        Some(Kind::Grpc(g)) => format!("grpc:{}", g.service),
+    }
+}
+
+fn namespace_json(n: &pb::Namespace) -> Value {
+    json!({
+        "name": n.name, "description": n.description, "service_count": n.service_count,
+        "create_revision": n.create_revision, "mod_revision": n.mod_revision,
+    })
+}
+
+fn service_json(s: &pb::Service) -> Value {
+    json!({
+        "name": s.name, "namespace": s.namespace, "description": s.description,
+        "dns_ttl_seconds": s.dns_ttl_seconds, "health_check": check_word(s.health_check.as_ref()),
+        "instance_count": s.instance_count,
+        "create_revision": s.create_revision, "mod_revision": s.mod_revision,
+    })
+}
+
+fn instance_json(i: &pb::Instance) -> Value {
+    json!({
+        "service": i.service, "id": i.id, "address": i.address, "port": i.port,
+        "attributes": i.attributes, "health": health_word(i.health),
+        "create_revision": i.create_revision, "mod_revision": i.mod_revision,
+    })
+}

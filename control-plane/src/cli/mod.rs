@@ -1,0 +1,291 @@
+//! The `meridian` command line: `dev` and `server` run a node; every other subcommand is a
+//! gRPC client of one.
+//!
+//! Client commands find the server through `--addr` or `MERIDIAN_ADDR` (default
+//! `http://127.0.0.1:7400`), print tables for people and `--json` for scripts, and exit
+//! non-zero with a one-line reason on error.
+
+mod client;
+mod output;
+mod parse;
+mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Meridian: a service registry and service-mesh control plane.
+#[derive(Debug, Parser)]
+#[command(name = "meridian", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The server to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "MERIDIAN_ADDR",
+        default_value = "http://127.0.0.1:7400"
+    )]
+    addr: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a single-node development server (temporary data dir unless --data-dir).
+    Dev(DevArgs),
+    /// Run a server node.
+    Server(ServerArgs),
+    /// Manage namespaces (DNS domains such as cafe.local).
+    #[command(subcommand)]
+    Namespace(NamespaceCommand),
+    /// Manage services (orders.cafe.local).
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Register, deregister and inspect instances.
+    #[command(subcommand)]
+    Instance(InstanceCommand),
+    /// Find the instances of a service.
+    Discover(DiscoverArgs),
+    /// Inspect the cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Args)]
+struct DevArgs {
+    /// Keep data here instead of a temporary directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// gRPC listener.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+    /// DNS listener (reserved: the DNS server is not built yet).
+    #[arg(long, default_value = "127.0.0.1:8600")]
+    dns_listen: SocketAddr,
+    /// Admin HTTP listener (reserved: the admin endpoints are not built yet).
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    admin_listen: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// This node's id (≥ 1).
+    #[arg(long)]
+    id: u64,
+    /// Where the Raft log and snapshots live.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// gRPC listener.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+    /// DNS listener (reserved: the DNS server is not built yet).
+    #[arg(long, default_value = "127.0.0.1:8600")]
+    dns_listen: SocketAddr,
+    /// Admin HTTP listener (reserved: the admin endpoints are not built yet).
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    admin_listen: SocketAddr,
+    /// The initial cluster as ID=ADDR,... (this node included). Default: this node alone.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
+    /// Compact the Raft log after this many applied entries.
+    #[arg(long, default_value_t = crate::node::NodeConfig::DEFAULT_SNAPSHOT_EVERY)]
+    snapshot_every: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum NamespaceCommand {
+    /// Create a namespace.
+    Create {
+        /// A DNS domain, e.g. cafe.local.
+        name: String,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Show one namespace.
+    Get {
+        /// The namespace.
+        name: String,
+    },
+    /// List namespaces.
+    List,
+    /// Delete an empty namespace.
+    Delete {
+        /// The namespace.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceCommand {
+    /// Create a service.
+    Create(ServiceCreateArgs),
+    /// Show one service.
+    Get {
+        /// SERVICE.NAMESPACE, e.g. orders.cafe.local.
+        name: String,
+    },
+    /// List services (of one namespace, or all).
+    List {
+        /// Only this namespace.
+        namespace: Option<String>,
+    },
+    /// Delete a service.
+    Delete {
+        /// SERVICE.NAMESPACE.
+        name: String,
+        /// Also deregister its instances.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServiceCreateArgs {
+    /// SERVICE.NAMESPACE, e.g. orders.cafe.local.
+    name: String,
+    /// TTL of DNS answers, e.g. 5s.
+    #[arg(long, value_parser = parse::duration)]
+    dns_ttl: Option<std::time::Duration>,
+    /// Health check: http:/PATH, tcp, grpc[:SERVICE] or ttl:DURATION.
+    #[arg(long)]
+    check: Option<String>,
+    /// Between two active checks, e.g. 10s.
+    #[arg(long, value_parser = parse::duration)]
+    check_interval: Option<std::time::Duration>,
+    /// Per check attempt, e.g. 2s.
+    #[arg(long, value_parser = parse::duration)]
+    check_timeout: Option<std::time::Duration>,
+    /// Deregister instances unhealthy for this long, e.g. 10m.
+    #[arg(long, value_parser = parse::duration)]
+    deregister_after: Option<std::time::Duration>,
+    /// Free text.
+    #[arg(long, default_value = "")]
+    description: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum InstanceCommand {
+    /// Register (or replace) an instance.
+    Register {
+        /// SERVICE.NAMESPACE.
+        service: String,
+        /// Instance id, a DNS label (i-1).
+        id: String,
+        /// IPv4 or IPv6 address.
+        #[arg(long)]
+        address: String,
+        /// Port, 1-65535.
+        #[arg(long)]
+        port: u32,
+        /// Attribute KEY=VALUE (repeatable); `version` selects subsets.
+        #[arg(long = "attr", value_parser = parse::key_value)]
+        attributes: Vec<(String, String)>,
+    },
+    /// Deregister an instance.
+    Deregister {
+        /// SERVICE.NAMESPACE.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+    /// Set an instance's health (custom health).
+    SetHealth {
+        /// SERVICE.NAMESPACE.
+        service: String,
+        /// Instance id.
+        id: String,
+        /// The new status.
+        #[arg(value_enum)]
+        health: HealthArg,
+    },
+    /// Show one instance.
+    Get {
+        /// SERVICE.NAMESPACE.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+    /// List every instance of a service, whatever its health.
+    List {
+        /// SERVICE.NAMESPACE.
+        service: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct DiscoverArgs {
+    /// SERVICE.NAMESPACE.
+    service: String,
+    /// Only instances with attribute KEY=VALUE (repeatable; all must match).
+    #[arg(long = "attr", value_parser = parse::key_value)]
+    attributes: Vec<(String, String)>,
+    /// Prefer instances with KEY=VALUE, if any match (repeatable).
+    #[arg(long = "prefer", value_parser = parse::key_value)]
+    optional: Vec<(String, String)>,
+    /// Which instances by health.
+    #[arg(long, value_enum, default_value_t = HealthFilterArg::Healthy)]
+    health: HealthFilterArg,
+    /// At most this many instances (1-1000).
+    #[arg(long, default_value_t = 100)]
+    max_results: u32,
+    /// Read consistency.
+    #[arg(long, value_enum, default_value_t = ConsistencyArg::Stale)]
+    consistency: ConsistencyArg,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Members, leader, term and Raft indexes of the node at --addr.
+    Status,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum HealthFilterArg {
+    Healthy,
+    Unhealthy,
+    All,
+    HealthyOrElseAll,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum HealthArg {
+    Healthy,
+    Unhealthy,
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ConsistencyArg {
+    Stale,
+    Linearizable,
+}
+
+/// Parses the command line and runs it. Errors are printed as one line on stderr.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return output::fail(&format!("cannot start the runtime: {e}")),
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Dev(args) => server::dev(args).await,
+            Command::Server(args) => server::server(args).await,
+            command => client::run(&cli.addr, cli.json, command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => output::fail(&e),
+    }
+}

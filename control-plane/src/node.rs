@@ -1,0 +1,184 @@
+//! The composition root: the one place that names every room and wires them together.
+//!
+//! [`Node::start`] opens storage, starts the Raft driver over the registry state machine,
+//! binds the gRPC listener and serves the API. Every task is tracked in one `JoinSet` and
+//! stopped through one `CancellationToken`; [`Node::wait`] returns when the token is
+//! cancelled (graceful shutdown: the API drains, the driver stops after its last fsync) or
+//! when any task fails (the others are then stopped too).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::raft::RaftConfig;
+use crate::replica::Replica;
+
+/// Everything a node needs to run.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's Raft id (≥ 1).
+    pub id: u64,
+    /// Where the Raft log, hard state and snapshots live.
+    pub data_dir: PathBuf,
+    /// gRPC listener (clients and, later, peers). Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// DNS listener. Reserved: the DNS server is not served yet.
+    pub dns_listen: SocketAddr,
+    /// Admin HTTP listener. Reserved: the admin endpoints are not served yet.
+    pub admin_listen: SocketAddr,
+    /// The initial cluster: `(id, address)` of every voter, this node included.
+    pub peers: Vec<(u64, String)>,
+    /// Compact the Raft log after this many applied entries.
+    pub snapshot_every: u64,
+}
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is inconsistent.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Raft storage or the driver failed.
+    #[error(transparent)]
+    Raft(#[from] crate::raft::RaftError),
+    /// The API server failed.
+    #[error(transparent)]
+    Serve(#[from] crate::api::ServeError),
+    /// A task panicked.
+    #[error("task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// A running node.
+pub struct Node {
+    api_addr: SocketAddr,
+    replica: Replica,
+    shutdown: CancellationToken,
+    tasks: JoinSet<Result<(), NodeError>>,
+}
+
+// === impl NodeConfig ===
+
+impl NodeConfig {
+    /// Default snapshot interval: enough log to catch up a briefly absent follower without a
+    /// snapshot, small enough to keep restart replay well under a second.
+    pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
+
+    fn validate(&self) -> Result<(), NodeError> {
+        if self.id == 0 {
+            return Err(NodeError::Config("--id must be at least 1".into()));
+        }
+        if !self.peers.iter().any(|(id, _)| *id == self.id) {
+            return Err(NodeError::Config(format!(
+                "--peers must include this node's own id {}",
+                self.id
+            )));
+        }
+        if self.peers.len() > 1 {
+            return Err(NodeError::Config(
+                "--peers names more than one node, but this build has no peer transport yet: \
+                 run a single node"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+// === impl Node ===
+
+impl Node {
+    /// Starts every room; returns once the API listener is bound (the first election may
+    /// still be under way: writes wait for it).
+    pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            NodeError::Config(format!(
+                "cannot create --data-dir {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| NodeError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let api_addr = listener.local_addr().map_err(|source| NodeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+
+        let mut raft_config =
+            RaftConfig::new(config.id, config.peers.clone(), config.data_dir.clone());
+        raft_config.snapshot_every = config.snapshot_every;
+        let (replica, driver) = Replica::start(raft_config, shutdown.child_token())?;
+        tasks.spawn(async move { Ok(driver.await??) });
+
+        let api = crate::api::serve(listener, replica.clone(), shutdown.child_token());
+        tasks.spawn(
+            async move { Ok(api.await?) }.instrument(tracing::info_span!("api", node = config.id)),
+        );
+
+        tracing::info!(
+            node = config.id,
+            api = %api_addr,
+            data_dir = %config.data_dir.display(),
+            "node started"
+        );
+        Ok(Self {
+            api_addr,
+            replica,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The bound gRPC address (useful when started on port 0).
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// The local replica, for in-process callers.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// Cancelling this token shuts the node down gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs until shutdown is requested or a task fails; then stops every task and returns
+    /// the first error, if any.
+    pub async fn wait(mut self) -> Result<(), NodeError> {
+        let mut first_error = None;
+        while let Some(done) = self.tasks.join_next().await {
+            let result = done.map_err(NodeError::from).and_then(|r| r);
+            if let Err(e) = result {
+                tracing::error!(error = %e, "node task failed; shutting down");
+                first_error.get_or_insert(e);
+            }
+            // Whatever ended, the node cannot work without it: stop the rest.
+            self.shutdown.cancel();
+        }
+        tracing::info!("node stopped");
+        first_error.map_or(Ok(()), Err)
+    }
+}

@@ -1,0 +1,430 @@
+//! The driver: the one task that owns the `RawNode`, its storage and the state machine.
+//!
+//! Everyone else talks to it through [`Msg`]s on a bounded queue. Each loop turn waits for
+//! shutdown, a tick or a request; after a request it drains up to `max_batch - 1` more without
+//! waiting, so many concurrent proposals become one `Ready`, one write transaction and one
+//! fsync (group commit). Storage I/O runs inline on this task: while it fsyncs, new requests
+//! queue up and form the next batch.
+//!
+//! # The Ready order (raft-rs `RawNode` docs, `on_ready` in its README)
+//!
+//! 1. `messages()`: only a leader has these (appends, heartbeats). They may leave *before* the
+//!    leader's own fsync (Raft thesis 10.2.1) because they promise nothing about the leader's
+//!    disk: the leader counts itself towards a quorum only once its own write is persisted.
+//! 2. snapshot from the leader: persisted and restored into the state machine.
+//! 3. read states: record the confirmed read indexes.
+//! 4. committed entries: applied. raft-rs only hands out entries already persisted here.
+//! 5. entries and hard state: persisted in ONE transaction, fsynced when raft says it must.
+//! 6. `persisted_messages()`: sent only now, after the fsync. These are votes and append
+//!    acknowledgements: a vote forgotten in a crash lets this node vote twice in one term (two
+//!    leaders), and an acknowledgement for entries not yet on disk lets a leader count a quorum
+//!    that a crash can shrink, so a "committed" entry could vanish.
+//! 7. `advance`, then the light ready: new commit index (recorded; it needs no fsync), messages,
+//!    committed entries (applied), then `advance_apply`.
+//!
+//! After applying, the state machine's `applied` publishes its snapshot, and only then are the
+//! proposers answered, so a proposer that reads the local snapshot sees its own write.
+//!
+//! # Proposals
+//!
+//! Each entry carries (origin node, request id) in front of the command; a proposal waits in a
+//! map by request id with the term it was proposed in. When this node stops being leader of
+//! that term, its waiting proposals fail with [`ProposeError::Dropped`]: the entries may still
+//! commit (a new leader may have them) or may be overwritten, and the caller cannot know which.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ::raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Snapshot};
+use ::raft::{RawNode, StateRole};
+use protobuf::Message as _;
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::handle::{MemberStatus, Msg, RaftStatus};
+use super::pending::{self, Proposals, Reads};
+use super::storage::RedbStorage;
+use super::{FatalError, ProposeError, RaftConfig, RaftError, Reply, StateMachine, Transport};
+
+/// The task state; see the module doc.
+pub(crate) struct Driver<SM: StateMachine> {
+    id: u64,
+    node: RawNode<RedbStorage>,
+    sm: SM,
+    transport: Box<dyn Transport>,
+    inbox: mpsc::Receiver<Msg<SM::Output>>,
+    addresses: HashMap<u64, String>,
+    tick_interval: Duration,
+    snapshot_every: u64,
+    max_batch: usize,
+    proposals: Proposals<SM::Output>,
+    reads: Reads,
+    /// Index of the last entry applied to the state machine.
+    applied: u64,
+    /// `Some(term)` while this node is leader of `term`.
+    leader_term: Option<u64>,
+}
+
+/// Answers owed once the applied batch is published.
+type Answers<O> = Vec<(Reply<(u64, O)>, (u64, O))>;
+
+// === impl Driver ===
+
+impl<SM: StateMachine> Driver<SM> {
+    pub(crate) fn new(
+        config: &RaftConfig,
+        node: RawNode<RedbStorage>,
+        sm: SM,
+        transport: Box<dyn Transport>,
+        inbox: mpsc::Receiver<Msg<SM::Output>>,
+        applied: u64,
+    ) -> Self {
+        Self {
+            id: config.id,
+            node,
+            sm,
+            transport,
+            inbox,
+            addresses: config.peers.iter().cloned().collect(),
+            tick_interval: config.tick_interval,
+            snapshot_every: config.snapshot_every,
+            max_batch: config.max_batch,
+            proposals: Proposals::new(),
+            reads: Reads::default(),
+            applied,
+            leader_term: None,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled (→ `Ok`), every handle is dropped (→ `Ok`), or a
+    /// storage or apply failure (→ `Err`). Either way, every waiting caller gets
+    /// [`ProposeError::Stopped`].
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Result<(), RaftError> {
+        let mut result = self.run_loop(&shutdown).await;
+        let stopped = ProposeError::Stopped;
+        self.proposals.fail_all(&stopped);
+        self.reads.fail_all(&stopped);
+        self.inbox.close();
+        while let Ok(msg) = self.inbox.try_recv() {
+            fail(msg, &stopped);
+        }
+        if result.is_ok() {
+            result = self.node.mut_store().flush();
+        }
+        match &result {
+            Ok(()) => info!(applied = self.applied, "raft node stopped"),
+            Err(e) => error!(error = %e, applied = self.applied, "raft node failed and stopped"),
+        }
+        result
+    }
+
+    async fn run_loop(&mut self, shutdown: &CancellationToken) -> Result<(), RaftError> {
+        let mut ticker = tokio::time::interval(self.tick_interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        self.process()?;
+        loop {
+            // Biased: shutdown first; the ticker before the queue so a busy queue cannot
+            // starve heartbeats and elections (the ticker is ready once per interval only).
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                _ = ticker.tick() => {
+                    self.node.tick();
+                }
+                msg = self.inbox.recv() => {
+                    let Some(msg) = msg else { return Ok(()) };
+                    self.handle(msg);
+                    for _ in 1..self.max_batch {
+                        match self.inbox.try_recv() {
+                            Ok(msg) => self.handle(msg),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            self.process()?;
+        }
+    }
+
+    fn handle(&mut self, msg: Msg<SM::Output>) {
+        match msg {
+            Msg::Propose { command, reply } => self.propose(command, reply),
+            Msg::ReadIndex { reply } => self.read_index(reply),
+            Msg::Step(msg) => {
+                if let Err(e) = self.node.step(*msg) {
+                    debug!(error = %e, "ignored a raft message");
+                }
+            }
+            Msg::Status { reply } => {
+                let _ = reply.send(Ok(self.status()));
+            }
+            Msg::Snapshot { reply } => {
+                let result = self.compact();
+                let _ = reply.send(result.map_err(|e| ProposeError::Storage(e.to_string())));
+            }
+        }
+    }
+
+    fn propose(&mut self, command: Vec<u8>, reply: Reply<(u64, SM::Output)>) {
+        if self.node.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        let request_id = self.proposals.next_id();
+        let data = pending::encode(self.id, request_id, &command);
+        match self.node.propose(Vec::new(), data) {
+            Ok(()) => self
+                .proposals
+                .insert(request_id, self.node.raft.term, reply),
+            Err(e) => {
+                debug!(error = %e, "raft refused a proposal");
+                let _ = reply.send(Err(ProposeError::Dropped));
+            }
+        }
+    }
+
+    fn read_index(&mut self, reply: Reply<u64>) {
+        if self.node.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(self.not_leader()));
+        } else if !self.node.raft.commit_to_current_term() {
+            self.reads.defer(reply);
+        } else {
+            let ctx = self.reads.issue(reply);
+            self.node.read_index(ctx);
+        }
+    }
+
+    fn not_leader(&self) -> ProposeError {
+        let leader = self.node.raft.leader_id;
+        ProposeError::NotLeader {
+            leader_id: (leader != ::raft::INVALID_ID).then_some(leader),
+        }
+    }
+
+    /// Handles Readys until raft has nothing more to say.
+    fn process(&mut self) -> Result<(), RaftError> {
+        loop {
+            if self.reads.has_deferred()
+                && self.node.raft.state == StateRole::Leader
+                && self.node.raft.commit_to_current_term()
+            {
+                for reply in self.reads.take_deferred() {
+                    let ctx = self.reads.issue(reply);
+                    self.node.read_index(ctx);
+                }
+            }
+            if !self.node.has_ready() {
+                return Ok(());
+            }
+            self.handle_ready()?;
+            self.check_leadership();
+        }
+    }
+
+    /// One Ready, in the order of the module doc.
+    fn handle_ready(&mut self) -> Result<(), RaftError> {
+        let mut ready = self.node.ready();
+        if let Some(ss) = ready.ss() {
+            info!(
+                role = ?ss.raft_state,
+                leader = ss.leader_id,
+                term = self.node.raft.term,
+                "raft role changed"
+            );
+        }
+        self.send(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            self.install_snapshot(ready.snapshot())?;
+        }
+        for state in ready.take_read_states() {
+            self.reads.confirm(&state.request_ctx, state.index);
+        }
+        let mut answers = Vec::new();
+        let mut applied_any = self.apply(ready.take_committed_entries(), &mut answers)?;
+        self.node
+            .mut_store()
+            .persist(ready.entries(), ready.hs(), ready.must_sync())?;
+        self.send(ready.take_persisted_messages());
+
+        let mut light = self.node.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.node.mut_store().set_commit(commit);
+        }
+        self.send(light.take_messages());
+        applied_any |= self.apply(light.take_committed_entries(), &mut answers)?;
+        self.node.advance_apply();
+
+        if applied_any {
+            self.sm.applied(self.applied);
+        }
+        for (reply, output) in answers {
+            let _ = reply.send(Ok(output));
+        }
+        self.reads.serve(self.applied);
+        let snapshot_index = self.node.store().snapshot_index();
+        if self.applied - snapshot_index >= self.snapshot_every {
+            if let Err(e) = self.compact() {
+                // The log keeps growing but nothing is lost; retried after the next batch.
+                warn!(error = %e, "log compaction failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies committed entries; no-ops and conf changes are the driver's own business.
+    fn apply(
+        &mut self,
+        entries: Vec<Entry>,
+        answers: &mut Answers<SM::Output>,
+    ) -> Result<bool, RaftError> {
+        let applied_any = !entries.is_empty();
+        for entry in entries {
+            let index = entry.index;
+            match entry.get_entry_type() {
+                // A new leader's empty entry: commits the entries of earlier terms.
+                EntryType::EntryNormal if entry.data.is_empty() => {}
+                EntryType::EntryNormal => {
+                    let envelope = pending::decode(&entry.data)
+                        .ok_or_else(|| FatalError(format!("entry {index} has no envelope")))?;
+                    let output = self.sm.apply(index, envelope.command)?;
+                    if envelope.origin == self.id {
+                        if let Some(reply) = self.proposals.take(envelope.request_id, entry.term) {
+                            answers.push((reply, (index, output)));
+                        }
+                    }
+                }
+                EntryType::EntryConfChange => {
+                    let change = ConfChange::parse_from_bytes(&entry.data)
+                        .map_err(|e| FatalError(format!("conf change {index}: {e}")))?;
+                    let result = self.node.apply_conf_change(&change);
+                    self.conf_changed(index, result)?;
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let change = ConfChangeV2::parse_from_bytes(&entry.data)
+                        .map_err(|e| FatalError(format!("conf change {index}: {e}")))?;
+                    let result = self.node.apply_conf_change(&change);
+                    self.conf_changed(index, result)?;
+                }
+            }
+            self.applied = index;
+        }
+        Ok(applied_any)
+    }
+
+    /// Records the membership after applying the conf change at `index`.
+    fn conf_changed(
+        &mut self,
+        index: u64,
+        result: ::raft::Result<ConfState>,
+    ) -> Result<(), RaftError> {
+        // A committed change that every replica applies: failing here would diverge.
+        let conf_state = result.map_err(|e| FatalError(format!("conf change {index}: {e}")))?;
+        info!(index, voters = ?conf_state.voters, learners = ?conf_state.learners, "membership changed");
+        self.node.mut_store().set_conf_state(conf_state)
+    }
+
+    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), RaftError> {
+        let index = snapshot.get_metadata().index;
+        info!(index, "installing a snapshot from the leader");
+        self.node.mut_store().apply_snapshot(snapshot)?;
+        self.sm.restore(index, &snapshot.data)?;
+        self.applied = index;
+        self.sm.applied(index);
+        Ok(())
+    }
+
+    /// Snapshots the state machine at the applied index and compacts the log up to it.
+    fn compact(&mut self) -> Result<u64, RaftError> {
+        let index = self.applied;
+        let store = self.node.store();
+        if index <= store.snapshot_index() {
+            return Ok(store.snapshot_index());
+        }
+        let term = store.term_of(index)?;
+        // Conf changes take effect when applied, so this is the membership at `index`.
+        let conf_state = self.node.raft.prs().conf().to_conf_state();
+        let data = self.sm.snapshot();
+        self.node
+            .mut_store()
+            .compact(index, term, conf_state, &data)?;
+        debug!(index, term, bytes = data.len(), "log compacted");
+        Ok(index)
+    }
+
+    /// Fails what this node owed as leader of a term it no longer leads.
+    fn check_leadership(&mut self) {
+        let raft = &self.node.raft;
+        let now = (raft.state == StateRole::Leader).then_some(raft.term);
+        if now == self.leader_term {
+            return;
+        }
+        if self.leader_term.is_some() {
+            let dropped = self.proposals.len();
+            self.proposals.fail_outside(now, &ProposeError::Dropped);
+            self.reads.fail_unconfirmed(&ProposeError::Dropped);
+            if dropped > 0 {
+                warn!(
+                    dropped,
+                    "leadership lost: waiting proposals dropped (outcome unknown)"
+                );
+            }
+        }
+        self.leader_term = now;
+    }
+
+    fn send(&self, msgs: Vec<::raft::eraftpb::Message>) {
+        if !msgs.is_empty() {
+            self.transport.send(msgs);
+        }
+    }
+
+    fn status(&self) -> RaftStatus {
+        let raft = &self.node.raft;
+        let store = self.node.store();
+        let conf = raft.prs().conf().to_conf_state();
+        let voters = conf.voters.iter().chain(&conf.voters_outgoing);
+        let learners = conf.learners.iter().chain(&conf.learners_next);
+        let mut members: Vec<MemberStatus> = voters
+            .map(|id| (*id, true))
+            .chain(learners.map(|id| (*id, false)))
+            .map(|(id, voter)| MemberStatus {
+                id,
+                address: self.addresses.get(&id).cloned().unwrap_or_default(),
+                voter,
+                match_index: raft.prs().get(id).map_or(0, |p| p.matched),
+            })
+            .collect();
+        members.sort_by_key(|m| (m.id, !m.voter));
+        members.dedup_by_key(|m| m.id);
+        RaftStatus {
+            id: self.id,
+            role: raft.state.into(),
+            leader_id: (raft.leader_id != ::raft::INVALID_ID).then_some(raft.leader_id),
+            term: raft.term,
+            commit_index: raft.raft_log.committed,
+            applied_index: self.applied,
+            snapshot_index: store.snapshot_index(),
+            first_index: store.snapshot_index() + 1,
+            last_index: raft.raft_log.last_index(),
+            members,
+        }
+    }
+}
+
+/// Answers a request the driver will never handle.
+fn fail<O>(msg: Msg<O>, error: &ProposeError) {
+    match msg {
+        Msg::Propose { reply, .. } => {
+            let _ = reply.send(Err(error.clone()));
+        }
+        Msg::ReadIndex { reply } | Msg::Snapshot { reply } => {
+            let _ = reply.send(Err(error.clone()));
+        }
+        Msg::Status { reply } => {
+            let _ = reply.send(Err(error.clone()));
+        }
+        Msg::Step(_) => {}
+    }
+}

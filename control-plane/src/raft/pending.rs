@@ -1,0 +1,192 @@
+//! What the driver owes its callers: proposals waiting to be applied and reads waiting for a
+//! confirmed index, plus the envelope that lets an applied entry find its proposer.
+//!
+//! Matching is by request id, never by position: entries from other leaders, no-ops and
+//! re-delivered entries interleave freely with ours.
+
+use std::collections::HashMap;
+
+use super::{ProposeError, Reply};
+
+/// Bytes in front of every command: origin node id (u64 BE) + request id (u64 BE).
+const ENVELOPE_HEADER: usize = 16;
+
+/// A decoded entry payload.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Envelope<'a> {
+    /// The node whose driver proposed the entry.
+    pub(crate) origin: u64,
+    /// Unique among that node's proposals in one term.
+    pub(crate) request_id: u64,
+    /// The state machine's command.
+    pub(crate) command: &'a [u8],
+}
+
+/// Proposals appended to the log by this node and not yet applied.
+pub(crate) struct Proposals<O> {
+    next_id: u64,
+    pending: HashMap<u64, Pending<O>>,
+}
+
+struct Pending<O> {
+    /// The term in which this node proposed it (and so the term of its entry).
+    term: u64,
+    reply: Reply<(u64, O)>,
+}
+
+/// ReadIndex requests, from arrival to answer.
+#[derive(Default)]
+pub(crate) struct Reads {
+    next_ctx: u64,
+    /// Arrived while this leader had not yet committed an entry of its term (raft-rs silently
+    /// ignores ReadIndex then); issued as soon as it has.
+    deferred: Vec<Reply<u64>>,
+    /// Handed to raft, keyed by request context, awaiting a `ReadState`.
+    issued: HashMap<u64, Reply<u64>>,
+    /// Confirmed by a quorum at this index; answered once it is applied locally.
+    confirmed: Vec<(u64, Reply<u64>)>,
+}
+
+/// Wraps a command for the log.
+pub(crate) fn encode(origin: u64, request_id: u64, command: &[u8]) -> Vec<u8> {
+    let mut data = Vec::with_capacity(ENVELOPE_HEADER + command.len());
+    data.extend_from_slice(&origin.to_be_bytes());
+    data.extend_from_slice(&request_id.to_be_bytes());
+    data.extend_from_slice(command);
+    data
+}
+
+/// Unwraps an entry's payload; `None` if it is too short to be one of ours.
+pub(crate) fn decode(data: &[u8]) -> Option<Envelope<'_>> {
+    let (origin, rest) = data.split_first_chunk::<8>()?;
+    let (request_id, command) = rest.split_first_chunk::<8>()?;
+    Some(Envelope {
+        origin: u64::from_be_bytes(*origin),
+        request_id: u64::from_be_bytes(*request_id),
+        command,
+    })
+}
+
+// === impl Proposals ===
+
+impl<O> Proposals<O> {
+    pub(crate) fn new() -> Self {
+        Self {
+            next_id: 1,
+            pending: HashMap::new(),
+        }
+    }
+
+    /// A fresh request id for the next proposal.
+    pub(crate) fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Remembers a proposal raft accepted in `term`.
+    pub(crate) fn insert(&mut self, request_id: u64, term: u64, reply: Reply<(u64, O)>) {
+        self.pending.insert(request_id, Pending { term, reply });
+    }
+
+    /// The waiting caller of the applied entry (`request_id`, proposed in `entry_term`).
+    ///
+    /// Request ids restart at 1 when the node restarts, so an entry of an earlier run that is
+    /// re-applied now could carry the id of a proposal made in this run; the term tells them
+    /// apart: this run proposes only as leader of a term above every term of the earlier run.
+    pub(crate) fn take(&mut self, request_id: u64, entry_term: u64) -> Option<Reply<(u64, O)>> {
+        match self.pending.get(&request_id) {
+            Some(p) if p.term == entry_term => self.pending.remove(&request_id).map(|p| p.reply),
+            _ => None,
+        }
+    }
+
+    /// Fails the proposals not made as leader of `leader_term` (all of them if `None`).
+    pub(crate) fn fail_outside(&mut self, leader_term: Option<u64>, error: &ProposeError) {
+        let failed = self.pending.extract_if(|_, p| Some(p.term) != leader_term);
+        for (_, p) in failed {
+            let _ = p.reply.send(Err(error.clone()));
+        }
+    }
+
+    /// Fails every waiting proposal.
+    pub(crate) fn fail_all(&mut self, error: &ProposeError) {
+        self.fail_outside(None, error);
+    }
+
+    /// Number of proposals waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+// === impl Reads ===
+
+impl Reads {
+    /// Holds a read until this leader has committed an entry in its term.
+    pub(crate) fn defer(&mut self, reply: Reply<u64>) {
+        self.deferred.push(reply);
+    }
+
+    /// The deferred reads, to issue now.
+    pub(crate) fn take_deferred(&mut self) -> Vec<Reply<u64>> {
+        std::mem::take(&mut self.deferred)
+    }
+
+    /// Whether any read waits for this leader's first commit.
+    pub(crate) fn has_deferred(&self) -> bool {
+        !self.deferred.is_empty()
+    }
+
+    /// Registers a read handed to raft; returns its request context.
+    pub(crate) fn issue(&mut self, reply: Reply<u64>) -> Vec<u8> {
+        let ctx = self.next_ctx;
+        self.next_ctx += 1;
+        self.issued.insert(ctx, reply);
+        ctx.to_be_bytes().to_vec()
+    }
+
+    /// A quorum confirmed `index` for the read with context `ctx`.
+    pub(crate) fn confirm(&mut self, ctx: &[u8], index: u64) {
+        let Some(ctx) = ctx.try_into().ok().map(u64::from_be_bytes) else {
+            return;
+        };
+        if let Some(reply) = self.issued.remove(&ctx) {
+            self.confirmed.push((index, reply));
+        }
+    }
+
+    /// Answers the confirmed reads whose index is applied.
+    pub(crate) fn serve(&mut self, applied: u64) {
+        if self.confirmed.iter().all(|(index, _)| *index > applied) {
+            return;
+        }
+        for (index, reply) in std::mem::take(&mut self.confirmed) {
+            if index <= applied {
+                let _ = reply.send(Ok(index));
+            } else {
+                self.confirmed.push((index, reply));
+            }
+        }
+    }
+
+    /// Fails the reads no quorum confirmed yet (leadership changed: raft will not answer them).
+    /// Confirmed reads stay: their index is safe and local apply will reach it.
+    pub(crate) fn fail_unconfirmed(&mut self, error: &ProposeError) {
+        for reply in self
+            .deferred
+            .drain(..)
+            .chain(self.issued.drain().map(|(_, r)| r))
+        {
+            let _ = reply.send(Err(error.clone()));
+        }
+    }
+
+    /// Fails every read.
+    pub(crate) fn fail_all(&mut self, error: &ProposeError) {
+        self.fail_unconfirmed(error);
+        for (_, reply) in self.confirmed.drain(..) {
+            let _ = reply.send(Err(error.clone()));
+        }
+    }
+}

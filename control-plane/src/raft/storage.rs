@@ -1,0 +1,521 @@
+//! The raft log on disk: [`RedbStorage`] implements raft-rs' [`Storage`] over one redb file
+//! (`DATA_DIR/raft.redb`).
+//!
+//! Tables:
+//! - `raft_log`: entry index → `Entry` (rust-protobuf bytes), only entries after the snapshot;
+//! - `raft_state`: `hard_state` → `HardState`, `conf_state` → the `ConfState` as last applied;
+//! - `raft_snapshot`: `metadata` → `SnapshotMetadata` (index, term, `ConfState`), `data` → the
+//!   state machine's bytes.
+//!
+//! Writes that raft needs durable (new entries, term or vote changes, snapshots) commit with
+//! redb's `Durability::Immediate`, which fsyncs before `commit` returns; the driver sends no
+//! message that depends on them and acknowledges no proposal before that. A hard state whose
+//! only change is the commit index may commit with `Durability::None` (raft-rs: "must_sync" is
+//! false): losing it in a crash only makes raft re-learn the commit index.
+//!
+//! The un-compacted log tail is also kept in memory (bounded by compaction), so `entries()` and
+//! `term()` never touch the disk.
+//!
+//! Restart rule: raft is initialised with the *snapshot's* `ConfState`, not the last applied
+//! one, because every entry after the snapshot (conf changes included) is re-applied on restart;
+//! re-applying a conf change on top of its own result would fail for joint changes.
+
+use std::collections::VecDeque;
+use std::path::Path;
+
+use ::raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use ::raft::{GetEntriesContext, RaftState, Storage, StorageError};
+use protobuf::Message as _;
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+
+use super::RaftError;
+
+/// The file inside the data dir.
+pub(crate) const FILE_NAME: &str = "raft.redb";
+
+pub(crate) const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("raft_log");
+const STATE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_state");
+const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_snapshot");
+
+const HARD_STATE: &str = "hard_state";
+const CONF_STATE: &str = "conf_state";
+const SNAPSHOT_META: &str = "metadata";
+const SNAPSHOT_DATA: &str = "data";
+
+/// raft-rs' `Storage` over redb, with the log tail cached in memory.
+pub(crate) struct RedbStorage {
+    db: Database,
+    hard_state: HardState,
+    /// The hard state changed (commit index only) since it was last written.
+    hard_state_dirty: bool,
+    /// Membership as of the last applied entry (informational; see the module doc).
+    conf_state: ConfState,
+    /// The last snapshot: the log is compacted up to and including `snapshot.index`. On a fresh
+    /// data dir it is the bootstrap membership at index 0, with no data.
+    snapshot: SnapshotMetadata,
+    /// Entries `snapshot.index + 1 ..= last_index()`, contiguous.
+    entries: VecDeque<Entry>,
+}
+
+// === impl RedbStorage ===
+
+impl RedbStorage {
+    /// Opens (or creates) the store in `dir`. An empty store is bootstrapped with `voters`.
+    pub(crate) fn open(dir: &Path, voters: &[u64]) -> Result<Self, RaftError> {
+        std::fs::create_dir_all(dir).map_err(|source| RaftError::DataDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let db = Database::create(dir.join(FILE_NAME)).map_err(RaftError::storage("open"))?;
+        // Create the tables once, so that read transactions never meet a missing table.
+        let txn = db.begin_write().map_err(RaftError::storage("begin"))?;
+        {
+            txn.open_table(LOG)
+                .map_err(RaftError::storage("open tables"))?;
+            txn.open_table(STATE)
+                .map_err(RaftError::storage("open tables"))?;
+            txn.open_table(SNAPSHOT)
+                .map_err(RaftError::storage("open tables"))?;
+        }
+        txn.commit().map_err(RaftError::storage("commit"))?;
+
+        let read = db.begin_read().map_err(RaftError::storage("begin read"))?;
+        let state = read
+            .open_table(STATE)
+            .map_err(RaftError::storage("open state"))?;
+        let snap = read
+            .open_table(SNAPSHOT)
+            .map_err(RaftError::storage("open snapshot"))?;
+        let log = read
+            .open_table(LOG)
+            .map_err(RaftError::storage("open log"))?;
+
+        let mut hard_state: HardState = get_message(&state, HARD_STATE)?.unwrap_or_default();
+        let applied_conf: Option<ConfState> = get_message(&state, CONF_STATE)?;
+        let stored_snapshot: Option<SnapshotMetadata> = get_message(&snap, SNAPSHOT_META)?;
+        let (snapshot, bootstrap) = match stored_snapshot {
+            Some(meta) => (meta, false),
+            None => {
+                if !log.is_empty().map_err(RaftError::storage("read log"))? {
+                    return Err(RaftError::Corrupt(
+                        "log entries without snapshot metadata".into(),
+                    ));
+                }
+                let mut meta = SnapshotMetadata::default();
+                meta.mut_conf_state().voters = voters.to_vec();
+                (meta, true)
+            }
+        };
+
+        let mut entries = VecDeque::new();
+        let mut expected = snapshot.index + 1;
+        let range = log
+            .range(expected..)
+            .map_err(RaftError::storage("read log"))?;
+        for item in range {
+            let (key, value) = item.map_err(RaftError::storage("read log"))?;
+            let entry = Entry::parse_from_bytes(value.value())?;
+            if key.value() != expected || entry.index != expected {
+                return Err(RaftError::Corrupt(format!(
+                    "log entry at key {} has index {}, expected {expected}",
+                    key.value(),
+                    entry.index
+                )));
+            }
+            expected += 1;
+            entries.push_back(entry);
+        }
+        drop((state, snap, log, read));
+
+        let mut storage = Self {
+            db,
+            hard_state: HardState::default(),
+            hard_state_dirty: false,
+            conf_state: applied_conf.unwrap_or_else(|| snapshot.get_conf_state().clone()),
+            snapshot,
+            entries,
+        };
+        hard_state.commit = hard_state.commit.max(storage.snapshot.index);
+        if hard_state.commit > storage.last_index() {
+            return Err(RaftError::Corrupt(format!(
+                "commit index {} is beyond the last log entry {}",
+                hard_state.commit,
+                storage.last_index()
+            )));
+        }
+        storage.hard_state = hard_state;
+        if bootstrap {
+            storage.write_bootstrap()?;
+        }
+        Ok(storage)
+    }
+
+    fn write_bootstrap(&mut self) -> Result<(), RaftError> {
+        let meta = self.snapshot.write_to_bytes()?;
+        let conf = self.conf_state.write_to_bytes()?;
+        let txn = self.db.begin_write().map_err(RaftError::storage("begin"))?;
+        {
+            let mut snap = txn
+                .open_table(SNAPSHOT)
+                .map_err(RaftError::storage("open snapshot"))?;
+            snap.insert(SNAPSHOT_META, meta.as_slice())
+                .map_err(RaftError::storage("write snapshot"))?;
+            let mut state = txn
+                .open_table(STATE)
+                .map_err(RaftError::storage("open state"))?;
+            state
+                .insert(CONF_STATE, conf.as_slice())
+                .map_err(RaftError::storage("write conf state"))?;
+        }
+        txn.commit().map_err(RaftError::storage("commit bootstrap"))
+    }
+
+    /// Appends `entries` (replacing any conflicting tail) and records `hard_state`, in one
+    /// transaction; with `sync` it is on disk when this returns.
+    pub(crate) fn persist(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+        sync: bool,
+    ) -> Result<(), RaftError> {
+        if let Some(hs) = hard_state {
+            self.hard_state = hs.clone();
+            self.hard_state_dirty = true;
+        }
+        if entries.is_empty() && !self.hard_state_dirty {
+            return Ok(());
+        }
+        if let Some(first) = entries.first() {
+            if first.index <= self.snapshot.index || first.index > self.last_index() + 1 {
+                return Err(RaftError::Corrupt(format!(
+                    "cannot append at {}: log holds {}..={}",
+                    first.index,
+                    self.first_index_(),
+                    self.last_index()
+                )));
+            }
+        }
+        let mut txn = self.db.begin_write().map_err(RaftError::storage("begin"))?;
+        if !sync {
+            txn.set_durability(Durability::None)
+                .map_err(RaftError::storage("durability"))?;
+        }
+        {
+            let mut log = txn
+                .open_table(LOG)
+                .map_err(RaftError::storage("open log"))?;
+            if let Some(first) = entries.first() {
+                // A follower may have to replace a conflicting, uncommitted tail.
+                for index in first.index..=self.last_index() {
+                    log.remove(index)
+                        .map_err(RaftError::storage("truncate log"))?;
+                }
+            }
+            for entry in entries {
+                let bytes = entry.write_to_bytes()?;
+                log.insert(entry.index, bytes.as_slice())
+                    .map_err(RaftError::storage("append log"))?;
+            }
+            if self.hard_state_dirty {
+                self.write_hard_state(&txn)?;
+            }
+        }
+        txn.commit().map_err(RaftError::storage("commit append"))?;
+        if let Some(first) = entries.first() {
+            let keep = usize::try_from(first.index - self.first_index_())
+                .expect("invariant: the in-memory log tail fits in memory");
+            self.entries.truncate(keep);
+            self.entries.extend(entries.iter().cloned());
+        }
+        self.hard_state_dirty = false;
+        Ok(())
+    }
+
+    /// Records a new commit index; written with the next transaction (it need not be durable).
+    pub(crate) fn set_commit(&mut self, commit: u64) {
+        if self.hard_state.commit != commit {
+            self.hard_state.commit = commit;
+            self.hard_state_dirty = true;
+        }
+    }
+
+    /// Records the membership after an applied conf change (see the module doc for why the
+    /// restart path does not read it back).
+    pub(crate) fn set_conf_state(&mut self, conf_state: ConfState) -> Result<(), RaftError> {
+        let bytes = conf_state.write_to_bytes()?;
+        let mut txn = self.db.begin_write().map_err(RaftError::storage("begin"))?;
+        txn.set_durability(Durability::None)
+            .map_err(RaftError::storage("durability"))?;
+        {
+            let mut state = txn
+                .open_table(STATE)
+                .map_err(RaftError::storage("open state"))?;
+            state
+                .insert(CONF_STATE, bytes.as_slice())
+                .map_err(RaftError::storage("write conf state"))?;
+        }
+        txn.commit()
+            .map_err(RaftError::storage("commit conf state"))?;
+        self.conf_state = conf_state;
+        Ok(())
+    }
+
+    /// Stores a snapshot of the state machine taken at `index` (which must be applied, hence
+    /// in the log) and drops the log up to it, in one durable transaction.
+    pub(crate) fn compact(
+        &mut self,
+        index: u64,
+        term: u64,
+        conf_state: ConfState,
+        data: &[u8],
+    ) -> Result<(), RaftError> {
+        if index <= self.snapshot.index {
+            return Ok(());
+        }
+        if index > self.last_index() {
+            return Err(RaftError::Corrupt(format!(
+                "cannot compact to {index}: the log ends at {}",
+                self.last_index()
+            )));
+        }
+        let mut meta = SnapshotMetadata::default();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(conf_state);
+        self.hard_state.commit = self.hard_state.commit.max(index);
+        self.write_snapshot(&meta, data, ..=index)?;
+        let drop_count = usize::try_from(index - self.snapshot.index)
+            .expect("invariant: the in-memory log tail fits in memory");
+        self.entries.drain(..drop_count);
+        self.snapshot = meta;
+        Ok(())
+    }
+
+    /// Installs a snapshot received from the leader: it replaces the whole log.
+    pub(crate) fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), RaftError> {
+        let meta = snapshot.get_metadata();
+        if meta.index <= self.snapshot.index {
+            return Err(::raft::Error::Store(StorageError::SnapshotOutOfDate).into());
+        }
+        self.hard_state.term = self.hard_state.term.max(meta.term);
+        self.hard_state.commit = meta.index;
+        self.write_snapshot(meta, &snapshot.data, ..)?;
+        self.entries.clear();
+        self.snapshot = meta.clone();
+        self.conf_state = meta.get_conf_state().clone();
+        Ok(())
+    }
+
+    /// One durable transaction: snapshot metadata and data, hard state, applied conf state,
+    /// and the removal of the log entries in `drop_log`.
+    fn write_snapshot(
+        &mut self,
+        meta: &SnapshotMetadata,
+        data: &[u8],
+        drop_log: impl std::ops::RangeBounds<u64>,
+    ) -> Result<(), RaftError> {
+        let meta_bytes = meta.write_to_bytes()?;
+        let conf_bytes = meta.get_conf_state().write_to_bytes()?;
+        let txn = self.db.begin_write().map_err(RaftError::storage("begin"))?;
+        {
+            let mut snap = txn
+                .open_table(SNAPSHOT)
+                .map_err(RaftError::storage("open snapshot"))?;
+            snap.insert(SNAPSHOT_META, meta_bytes.as_slice())
+                .map_err(RaftError::storage("write snapshot"))?;
+            snap.insert(SNAPSHOT_DATA, data)
+                .map_err(RaftError::storage("write snapshot"))?;
+            let mut log = txn
+                .open_table(LOG)
+                .map_err(RaftError::storage("open log"))?;
+            log.retain_in(drop_log, |_, _| false)
+                .map_err(RaftError::storage("compact log"))?;
+            self.write_hard_state(&txn)?;
+            let mut state = txn
+                .open_table(STATE)
+                .map_err(RaftError::storage("open state"))?;
+            state
+                .insert(CONF_STATE, conf_bytes.as_slice())
+                .map_err(RaftError::storage("write conf state"))?;
+        }
+        txn.commit()
+            .map_err(RaftError::storage("commit snapshot"))?;
+        self.hard_state_dirty = false;
+        Ok(())
+    }
+
+    /// Makes everything written so far durable (graceful shutdown).
+    pub(crate) fn flush(&mut self) -> Result<(), RaftError> {
+        let txn = self.db.begin_write().map_err(RaftError::storage("begin"))?;
+        self.write_hard_state(&txn)?;
+        txn.commit().map_err(RaftError::storage("commit flush"))?;
+        self.hard_state_dirty = false;
+        Ok(())
+    }
+
+    fn write_hard_state(&self, txn: &redb::WriteTransaction) -> Result<(), RaftError> {
+        let bytes = self.hard_state.write_to_bytes()?;
+        let mut state = txn
+            .open_table(STATE)
+            .map_err(RaftError::storage("open state"))?;
+        state
+            .insert(HARD_STATE, bytes.as_slice())
+            .map_err(RaftError::storage("write hard state"))?;
+        Ok(())
+    }
+
+    /// The state machine bytes of the last snapshot (empty before the first one).
+    pub(crate) fn snapshot_data(&self) -> Result<Vec<u8>, RaftError> {
+        let read = self
+            .db
+            .begin_read()
+            .map_err(RaftError::storage("begin read"))?;
+        let snap = read
+            .open_table(SNAPSHOT)
+            .map_err(RaftError::storage("open snapshot"))?;
+        let data = snap
+            .get(SNAPSHOT_DATA)
+            .map_err(RaftError::storage("read snapshot"))?
+            .map(|value| value.value().to_vec())
+            .unwrap_or_default();
+        Ok(data)
+    }
+
+    /// The hard state as last recorded.
+    #[cfg(test)]
+    pub(crate) fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    /// Membership as of the last applied entry.
+    #[cfg(test)]
+    pub(crate) fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// Index of the last snapshot (0 before the first).
+    pub(crate) fn snapshot_index(&self) -> u64 {
+        self.snapshot.index
+    }
+
+    /// Entries in the in-memory log tail (equals the entries in the `raft_log` table).
+    #[cfg(test)]
+    pub(crate) fn entries_in_memory(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter()
+    }
+
+    /// Number of entries in the `raft_log` table on disk.
+    #[cfg(test)]
+    pub(crate) fn log_len_on_disk(&self) -> Result<u64, RaftError> {
+        let read = self
+            .db
+            .begin_read()
+            .map_err(RaftError::storage("begin read"))?;
+        let log = read
+            .open_table(LOG)
+            .map_err(RaftError::storage("open log"))?;
+        log.len().map_err(RaftError::storage("read log"))
+    }
+
+    fn first_index_(&self) -> u64 {
+        self.snapshot.index + 1
+    }
+
+    pub(crate) fn last_index(&self) -> u64 {
+        self.entries.back().map_or(self.snapshot.index, |e| e.index)
+    }
+
+    /// The term of entry `index`, if it is the snapshot's or in the log.
+    pub(crate) fn term_of(&self, index: u64) -> ::raft::Result<u64> {
+        if index == self.snapshot.index {
+            return Ok(self.snapshot.term);
+        }
+        if index < self.snapshot.index {
+            return Err(StorageError::Compacted.into());
+        }
+        let offset = usize::try_from(index - self.first_index_())
+            .map_err(|_| ::raft::Error::Store(StorageError::Unavailable))?;
+        self.entries
+            .get(offset)
+            .map(|e| e.term)
+            .ok_or(::raft::Error::Store(StorageError::Unavailable))
+    }
+}
+
+impl Storage for RedbStorage {
+    fn initial_state(&self) -> ::raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.snapshot.get_conf_state().clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> ::raft::Result<Vec<Entry>> {
+        if low <= self.snapshot.index {
+            return Err(StorageError::Compacted.into());
+        }
+        // raft-rs documents a panic here; a library should not panic on a caller's range.
+        if high > self.last_index() + 1 || low > high {
+            return Err(StorageError::Unavailable.into());
+        }
+        let max_size = max_size.into().unwrap_or(::raft::NO_LIMIT);
+        let to_usize = |i: u64| usize::try_from(i - self.first_index_()).unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        for entry in self.entries.range(to_usize(low)..to_usize(high)) {
+            size += u64::from(entry.compute_size());
+            // Like raft-rs' limit_size: always at least one entry.
+            if !out.is_empty() && size > max_size {
+                break;
+            }
+            out.push(entry.clone());
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> ::raft::Result<u64> {
+        self.term_of(idx)
+    }
+
+    fn first_index(&self) -> ::raft::Result<u64> {
+        Ok(self.first_index_())
+    }
+
+    fn last_index(&self) -> ::raft::Result<u64> {
+        Ok(RedbStorage::last_index(self))
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> ::raft::Result<Snapshot> {
+        if self.snapshot.index < request_index || self.snapshot.index == 0 {
+            // The driver compacts every `snapshot_every` entries; a newer one will come.
+            return Err(StorageError::SnapshotTemporarilyUnavailable.into());
+        }
+        let data = self
+            .snapshot_data()
+            .map_err(|e| ::raft::Error::Store(StorageError::Other(Box::new(e))))?;
+        let mut snapshot = Snapshot::default();
+        snapshot.set_metadata(self.snapshot.clone());
+        snapshot.data = data.into();
+        Ok(snapshot)
+    }
+}
+
+/// Reads one protobuf message stored under `key`.
+fn get_message<M, T>(table: &T, key: &str) -> Result<Option<M>, RaftError>
+where
+    M: protobuf::Message,
+    T: ReadableTable<&'static str, &'static [u8]>,
+{
+    match table.get(key).map_err(RaftError::storage("read"))? {
+        Some(value) => Ok(Some(M::parse_from_bytes(value.value())?)),
+        None => Ok(None),
+    }
+}

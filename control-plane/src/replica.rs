@@ -1,0 +1,177 @@
+//! The replicated registry: the registry state machine driven by Raft, as the API sees it.
+//!
+//! [`RegistryMachine`] adapts the pure [`Registry`] to the Raft room's [`StateMachine`]
+//! trait and publishes an immutable [`View`] after every applied batch. [`Replica`] is the
+//! handle the API uses: writes are validated, proposed, committed, applied and only then
+//! acknowledged; reads come from the latest published view, optionally after a Raft
+//! ReadIndex round (linearizable).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::raft::{self, FatalError, ProposeError, RaftHandle, StateMachine};
+use crate::registry::{Command, Outcome, Registry, RegistryError};
+
+/// What one applied command hands back to its proposer.
+pub type ApplyResult = Result<Outcome, RegistryError>;
+
+/// The registry as of one applied Raft index, shared read-only with every reader.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// The Raft index applied when this view was published (counts no-op entries too).
+    pub applied_index: u64,
+    /// The registry at that index.
+    pub registry: Arc<Registry>,
+}
+
+/// The registry as a Raft [`StateMachine`].
+#[derive(Debug)]
+pub struct RegistryMachine {
+    registry: Registry,
+    publish: watch::Sender<View>,
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// The local replica, as applied so far.
+    #[default]
+    Stale,
+    /// At least as fresh as every write acknowledged before the read began (ReadIndex).
+    Linearizable,
+}
+
+/// Why a write or a read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The registry refused the command.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// Raft could not commit the command (or confirm the read).
+    #[error(transparent)]
+    Raft(#[from] ProposeError),
+    /// The write was not committed within the deadline; it may still commit later.
+    #[error("not committed within {0:?}; the outcome is unknown")]
+    Timeout(Duration),
+}
+
+/// The API's handle on the replicated registry. Cheap to clone.
+#[derive(Clone)]
+pub struct Replica {
+    raft: RaftHandle<ApplyResult>,
+    view: watch::Receiver<View>,
+    write_timeout: Duration,
+}
+
+// === impl RegistryMachine ===
+
+impl RegistryMachine {
+    /// An empty registry, and the receiver readers subscribe to.
+    pub fn new() -> (Self, watch::Receiver<View>) {
+        let (publish, view) = watch::channel(View::default());
+        let machine = Self {
+            registry: Registry::new(),
+            publish,
+        };
+        (machine, view)
+    }
+}
+
+impl StateMachine for RegistryMachine {
+    type Output = ApplyResult;
+
+    fn apply(&mut self, index: u64, command: &[u8]) -> Result<ApplyResult, FatalError> {
+        // A committed command that cannot be decoded means this binary cannot follow the
+        // log: stop rather than diverge from the replicas that can.
+        let command = Command::decode(command).map_err(|e| {
+            FatalError(format!(
+                "undecodable registry command at index {index}: {e}"
+            ))
+        })?;
+        Ok(self.registry.apply(index, &command))
+    }
+
+    fn applied(&mut self, applied_index: u64) {
+        self.publish.send_replace(View {
+            applied_index,
+            registry: Arc::new(self.registry.clone()),
+        });
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.registry.snapshot()
+    }
+
+    fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), FatalError> {
+        self.registry = Registry::restore(data).map_err(|e| {
+            FatalError(format!(
+                "unreadable registry snapshot at index {index}: {e}"
+            ))
+        })?;
+        self.applied(index);
+        Ok(())
+    }
+}
+
+// === impl Replica ===
+
+impl Replica {
+    /// How long a write waits for its commit before answering "unknown outcome".
+    pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// A handle over a started Raft node and the views its state machine publishes.
+    pub fn new(raft: RaftHandle<ApplyResult>, view: watch::Receiver<View>) -> Self {
+        Self {
+            raft,
+            view,
+            write_timeout: Self::DEFAULT_WRITE_TIMEOUT,
+        }
+    }
+
+    /// Validates, proposes and waits until `command` is committed and applied here.
+    /// Returns the revision (log index) and what the command produced.
+    pub async fn write(&self, command: Command) -> Result<(u64, Outcome), ReplicaError> {
+        command.validate()?;
+        let proposal = self.raft.propose(command.encode());
+        let (index, applied) = tokio::time::timeout(self.write_timeout, proposal)
+            .await
+            .map_err(|_| ReplicaError::Timeout(self.write_timeout))??;
+        Ok((index, applied?))
+    }
+
+    /// The registry, as fresh as `consistency` asks.
+    pub async fn read(&self, consistency: Consistency) -> Result<View, ReplicaError> {
+        if consistency == Consistency::Linearizable {
+            let index = self.raft.read_index().await?;
+            let mut view = self.view.clone();
+            // The driver publishes before it answers; waiting here keeps this correct even
+            // if that order ever changes.
+            view.wait_for(|v| v.applied_index >= index)
+                .await
+                .map_err(|_| ReplicaError::Raft(ProposeError::Stopped))?;
+        }
+        Ok(self.view.borrow().clone())
+    }
+
+    /// The latest published view, without waiting.
+    pub fn current(&self) -> View {
+        self.view.borrow().clone()
+    }
+
+    /// The Raft node, for cluster administration.
+    pub fn raft(&self) -> &RaftHandle<ApplyResult> {
+        &self.raft
+    }
+
+    /// Starts a Raft node over a fresh [`RegistryMachine`].
+    pub fn start(
+        config: raft::RaftConfig,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<(Self, tokio::task::JoinHandle<Result<(), raft::RaftError>>), raft::RaftError> {
+        let (machine, view) = RegistryMachine::new();
+        let (handle, driver) = raft::start(config, machine, shutdown)?;
+        Ok((Self::new(handle, view), driver))
+    }
+}

@@ -1,0 +1,136 @@
+//! Meridian's shared test harness.
+//!
+//! # Layout
+//! - [`TestNode`]: a real control-plane node started in-process on a free loopback port
+//!   (port 0), with its own temporary data dir, stopped when dropped;
+//! - [`wait_for`]: poll a condition until it holds or the patience runs out (never a fixed
+//!   sleep).
+//!
+//! Tests that need a real process (kill -9, restart on the same data dir, signals) live in
+//! `control-plane/tests/`, where Cargo provides the `meridian` binary's path. See
+//! `docs/testing.md`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use meridian_control_plane::node::{Node, NodeConfig};
+use meridian_proto::v1::cluster_client::ClusterClient;
+use meridian_proto::v1::registry_client::RegistryClient;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// A control-plane node running inside the test process.
+pub struct TestNode {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), String>>>,
+    _data_dir: tempfile::TempDir,
+}
+
+// === impl TestNode ===
+
+impl TestNode {
+    /// Starts a single-node cluster on `127.0.0.1:0` and waits until it has a leader.
+    pub async fn start() -> Self {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let listen: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let config = NodeConfig {
+            id: 1,
+            data_dir: data_dir.path().to_owned(),
+            listen,
+            dns_listen: listen,
+            admin_listen: listen,
+            peers: vec![(1, listen.to_string())],
+            snapshot_every: NodeConfig::DEFAULT_SNAPSHOT_EVERY,
+        };
+        let node = Node::start(config).await.expect("node starts");
+        let addr = node.api_addr();
+        let shutdown = node.shutdown_token();
+        let task = tokio::spawn(async move { node.wait().await.map_err(|e| e.to_string()) });
+        let this = Self {
+            addr,
+            shutdown,
+            task: Some(task),
+            _data_dir: data_dir,
+        };
+        let cluster = ClusterClient::new(this.channel().await);
+        wait_for("a leader", Duration::from_secs(10), || {
+            let mut cluster = cluster.clone();
+            async move {
+                let s = cluster
+                    .status(meridian_proto::v1::StatusRequest {})
+                    .await
+                    .ok()?;
+                (s.get_ref().leader_id != 0).then_some(())
+            }
+        })
+        .await;
+        this
+    }
+
+    /// The gRPC address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The gRPC endpoint URL, as `--addr` takes it.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A connected channel.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect to test node")
+    }
+
+    /// A `Registry` client.
+    pub async fn registry(&self) -> RegistryClient<Channel> {
+        RegistryClient::new(self.channel().await)
+    }
+
+    /// A `Cluster` client.
+    pub async fn cluster(&self) -> ClusterClient<Channel> {
+        ClusterClient::new(self.channel().await)
+    }
+
+    /// Shuts down gracefully and reports how the node ended.
+    pub async fn stop(mut self) -> Result<(), String> {
+        self.shutdown.cancel();
+        match self.task.take() {
+            Some(task) => task.await.map_err(|e| e.to_string())?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Polls `check` until it returns `Some`, for at most `patience`; panics naming `what` if it
+/// never does. Polls every 10 ms: quick on an idle machine, harmless on a busy one.
+pub async fn wait_for<T, F, Fut>(what: &str, patience: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what} after {patience:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
