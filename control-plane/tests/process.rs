@@ -147,9 +147,48 @@ fn ids(discovered: &str) -> Vec<String> {
     ids
 }
 
-/// The README's CLI tour, command for command.
+/// The README's CLI tour runs exactly as written: every `$ meridian ...` line of its
+/// console block, against a fresh server, prints what the README shows.
 #[test]
-fn readme_cli_tour() {
+fn readme_cli_tour_runs_as_written() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let tour = readme
+        .split("```console\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("README has a ```console block");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let addr = server.url.trim_start_matches("http://").to_owned();
+
+    let mut steps: Vec<(String, String)> = Vec::new();
+    for line in tour.lines() {
+        match line.strip_prefix("$ meridian ") {
+            Some(command) => steps.push((command.to_owned(), String::new())),
+            None => {
+                let (_, expected) = steps.last_mut().expect("output follows a command");
+                expected.push_str(line);
+                expected.push('\n');
+            }
+        }
+    }
+    assert!(steps.len() >= 8, "the tour lost its commands");
+    for (command, expected) in steps {
+        let args: Vec<&str> = command.split_whitespace().collect();
+        let out = server.cli(&args);
+        let printed = if out.status.success() { out.stdout } else { out.stderr };
+        let printed = String::from_utf8(printed).unwrap().replace(&addr, "127.0.0.1:7400");
+        // Column padding follows the real port's width; compare words, line by line.
+        let words = |text: &str| -> Vec<String> {
+            text.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect()
+        };
+        assert_eq!(words(&printed), words(&expected), "meridian {command}");
+    }
+}
+
+/// More of the CLI than the README shows.
+#[test]
+fn cli_commands_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
 

@@ -36,10 +36,8 @@ fn raft_status(err: ProposeError) -> Status {
                 |id| format!("the leader is node {id}"),
             );
             let mut status = Status::unavailable(format!("this node is not the leader; {hint}"));
-            if let Some(id) = leader_id {
-                if let Ok(v) = id.to_string().parse() {
-                    status.metadata_mut().insert("meridian-leader-id", v);
-                }
+            if let Some(Ok(v)) = leader_id.map(|id| id.to_string().parse()) {
+                status.metadata_mut().insert("meridian-leader-id", v);
             }
             status
         }

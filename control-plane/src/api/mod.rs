@@ -1,8 +1,8 @@
 //! The gRPC API: tonic services that translate requests into registry commands and reads.
 //!
 //! # Layout
-//! - [`registry`]: `meridian.v1.Registry`;
-//! - [`cluster`]: `meridian.v1.Cluster`;
+//! - `registry`: `meridian.v1.Registry`;
+//! - `cluster`: `meridian.v1.Cluster`;
 //! - `convert`: generated types ↔ registry types (the only place that sees request types);
 //! - `error`: the one mapping from our errors to `tonic::Status`.
 //!

@@ -485,8 +485,11 @@ fn print_instances(json: bool, list: &[pb::Instance], revision: u64) {
         );
         return;
     }
-    let rows: Vec<Vec<String>> = list
-        .iter()
+    // People read tables: sort by id (the server's random order is for load spreading).
+    let mut sorted: Vec<&pb::Instance> = list.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let rows: Vec<Vec<String>> = sorted
+        .into_iter()
         .map(|i| {
             let mut attrs: Vec<String> = i
                 .attributes
