@@ -264,11 +264,11 @@ impl<SM: StateMachine> Driver<SM> {
         }
         self.reads.serve(self.applied);
         let snapshot_index = self.node.store().snapshot_index();
-        if self.applied - snapshot_index >= self.snapshot_every {
-            if let Err(e) = self.compact() {
-                // The log keeps growing but nothing is lost; retried after the next batch.
-                warn!(error = %e, "log compaction failed");
-            }
+        if self.applied - snapshot_index >= self.snapshot_every
+            && let Err(e) = self.compact()
+        {
+            // The log keeps growing but nothing is lost; retried after the next batch.
+            warn!(error = %e, "log compaction failed");
         }
         Ok(())
     }
@@ -289,10 +289,10 @@ impl<SM: StateMachine> Driver<SM> {
                     let envelope = pending::decode(&entry.data)
                         .ok_or_else(|| FatalError(format!("entry {index} has no envelope")))?;
                     let output = self.sm.apply(index, envelope.command)?;
-                    if envelope.origin == self.id {
-                        if let Some(reply) = self.proposals.take(envelope.request_id, entry.term) {
-                            answers.push((reply, (index, output)));
-                        }
+                    if envelope.origin == self.id
+                        && let Some(reply) = self.proposals.take(envelope.request_id, entry.term)
+                    {
+                        answers.push((reply, (index, output)));
                     }
                 }
                 EntryType::EntryConfChange => {

@@ -2,15 +2,15 @@
 //! order, to a [`StateMachine`].
 //!
 //! # What it owns
-//! - the raft log, hard state and snapshots on disk (`DATA_DIR/raft.redb`, [`storage`]);
-//! - the one driver task that owns raft-rs' `RawNode` and runs its Ready loop ([`driver`]):
+//! - the raft log, hard state and snapshots on disk (`DATA_DIR/raft.redb`, `storage.rs`);
+//! - the one driver task that owns raft-rs' `RawNode` and runs its Ready loop (`driver.rs`):
 //!   durability before acknowledgement, group commit, proposal matching, ReadIndex, log
 //!   compaction, membership (conf change) application;
 //! - the [`RaftHandle`] through which everyone else talks to that task, by message.
 //!
 //! # What it may depend on
 //! raft-rs (with rust-protobuf 2 types), redb, tokio, `slog` (only to hand raft-rs a logger
-//! that forwards to `tracing`, [`logger`]). Nothing about services, DNS or gRPC: commands are
+//! that forwards to `tracing`, `logger.rs`). Nothing about services, DNS or gRPC: commands are
 //! bytes, and peer messages leave through the [`Transport`] seam, which the gRPC peer service
 //! will implement (for now a cluster of one needs none: [`NoPeers`]).
 //!
@@ -35,6 +35,8 @@ mod logger;
 mod pending;
 mod storage;
 
+#[cfg(test)]
+mod storage_tests;
 #[cfg(test)]
 mod tests;
 
@@ -94,6 +96,7 @@ pub struct NoPeers;
 /// replays nothing itself (raft-rs re-delivers the committed entries after the snapshot), and
 /// spawns the driver task on the current tokio runtime. The returned task ends `Ok` after
 /// `shutdown` is cancelled, `Err` if the node had to stop (storage failure, [`FatalError`]).
+#[allow(clippy::type_complexity)] // the signature callers see; an alias would hide it
 pub fn start<SM: StateMachine>(
     config: RaftConfig,
     sm: SM,
@@ -108,6 +111,7 @@ pub fn start<SM: StateMachine>(
 }
 
 /// Like [`start`], with `transport` carrying messages to the other members.
+#[allow(clippy::type_complexity)] // as for `start`
 pub fn start_with_transport<SM: StateMachine>(
     config: RaftConfig,
     mut sm: SM,
@@ -115,6 +119,8 @@ pub fn start_with_transport<SM: StateMachine>(
     shutdown: CancellationToken,
 ) -> Result<(RaftHandle<SM::Output>, JoinHandle<Result<(), RaftError>>), RaftError> {
     config.validate()?;
+    let span = tracing::info_span!("raft", id = config.id);
+    let entered = span.enter();
     let storage = RedbStorage::open(&config.data_dir, &config.voter_ids())?;
     let snapshot_index = storage.snapshot_index();
     if snapshot_index > 0 {
@@ -126,21 +132,20 @@ pub fn start_with_transport<SM: StateMachine>(
         storage,
         &logger::raft_logger(),
     )?;
-    // The only voter need not wait out an election timeout: it campaigns (and, being a quorum
-    // of one, wins) right away, through the normal pre-vote and vote path.
-    if node.raft.prs().conf().to_conf_state().voters == [config.id] {
-        node.campaign()?;
-    }
     tracing::info!(
-        id = config.id,
         data_dir = %config.data_dir.display(),
         snapshot_index,
         last_index = node.raft.raft_log.last_index(),
         "raft node starting"
     );
+    // The only voter need not wait out an election timeout: it campaigns (and, being a quorum
+    // of one, wins) right away, through the normal pre-vote and vote path.
+    if node.raft.prs().conf().to_conf_state().voters == [config.id] {
+        node.campaign()?;
+    }
     let (tx, rx) = mpsc::channel(config.max_batch);
     let driver = Driver::new(&config, node, sm, Box::new(transport), rx, snapshot_index);
-    let span = tracing::info_span!("raft", id = config.id);
+    drop(entered);
     let task = tokio::spawn(driver.run(shutdown).instrument(span));
     Ok((RaftHandle::new(tx), task))
 }

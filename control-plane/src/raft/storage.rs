@@ -35,7 +35,7 @@ use super::RaftError;
 /// The file inside the data dir.
 pub(crate) const FILE_NAME: &str = "raft.redb";
 
-pub(crate) const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("raft_log");
+const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("raft_log");
 const STATE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_state");
 const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_snapshot");
 
@@ -110,11 +110,10 @@ impl RedbStorage {
         };
 
         let mut entries = VecDeque::new();
-        let mut expected = snapshot.index + 1;
         let range = log
-            .range(expected..)
+            .range(snapshot.index + 1..)
             .map_err(RaftError::storage("read log"))?;
-        for item in range {
+        for (expected, item) in (snapshot.index + 1..).zip(range) {
             let (key, value) = item.map_err(RaftError::storage("read log"))?;
             let entry = Entry::parse_from_bytes(value.value())?;
             if key.value() != expected || entry.index != expected {
@@ -124,7 +123,6 @@ impl RedbStorage {
                     entry.index
                 )));
             }
-            expected += 1;
             entries.push_back(entry);
         }
         drop((state, snap, log, read));
@@ -187,15 +185,15 @@ impl RedbStorage {
         if entries.is_empty() && !self.hard_state_dirty {
             return Ok(());
         }
-        if let Some(first) = entries.first() {
-            if first.index <= self.snapshot.index || first.index > self.last_index() + 1 {
-                return Err(RaftError::Corrupt(format!(
-                    "cannot append at {}: log holds {}..={}",
-                    first.index,
-                    self.first_index_(),
-                    self.last_index()
-                )));
-            }
+        if let Some(first) = entries.first()
+            && (first.index <= self.snapshot.index || first.index > self.last_index() + 1)
+        {
+            return Err(RaftError::Corrupt(format!(
+                "cannot append at {}: log holds {}..={}",
+                first.index,
+                self.first_index_(),
+                self.last_index()
+            )));
         }
         let mut txn = self.db.begin_write().map_err(RaftError::storage("begin"))?;
         if !sync {
@@ -280,9 +278,11 @@ impl RedbStorage {
                 self.last_index()
             )));
         }
-        let mut meta = SnapshotMetadata::default();
-        meta.index = index;
-        meta.term = term;
+        let mut meta = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
         meta.set_conf_state(conf_state);
         self.hard_state.commit = self.hard_state.commit.max(index);
         self.write_snapshot(&meta, data, ..=index)?;

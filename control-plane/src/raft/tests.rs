@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ::raft::Storage as _;
-use ::raft::eraftpb::{Entry, HardState, Snapshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -64,7 +63,7 @@ impl StateMachine for AppendLog {
     }
 
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), FatalError> {
-        if data.len() % 8 != 0 {
+        if !data.len().is_multiple_of(8) {
             return Err(FatalError(format!(
                 "snapshot {index}: {} bytes",
                 data.len()
@@ -461,84 +460,6 @@ fn envelope_round_trips() {
     );
     assert!(pending::decode(&data[..15]).is_none());
     assert_eq!(pending::decode(&data[..16]).unwrap().command, b"");
-}
-
-fn entry(index: u64, term: u64) -> Entry {
-    let mut e = Entry::default();
-    e.index = index;
-    e.term = term;
-    e.data = pending::encode(1, index, &index.to_be_bytes()).into();
-    e
-}
-
-#[test]
-fn storage_replaces_a_conflicting_tail_and_installs_snapshots() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut storage = RedbStorage::open(dir.path(), &[1, 2, 3]).unwrap();
-    assert_eq!(
-        storage.initial_state().unwrap().conf_state.voters,
-        vec![1, 2, 3]
-    );
-    assert_eq!(
-        (storage.first_index().unwrap(), storage.last_index()),
-        (1, 0)
-    );
-
-    let hs = HardState {
-        term: 1,
-        vote: 2,
-        commit: 2,
-        ..Default::default()
-    };
-    let first: Vec<_> = (1..=5).map(|i| entry(i, 1)).collect();
-    storage.persist(&first, Some(&hs), true).unwrap();
-    // A new leader overwrites the uncommitted tail from index 4.
-    storage.persist(&[entry(4, 2)], None, true).unwrap();
-    assert_eq!(storage.last_index(), 4);
-    assert_eq!(storage.term(4).unwrap(), 2);
-    assert!(
-        storage.persist(&[entry(9, 2)], None, true).is_err(),
-        "gap refused"
-    );
-    let got = storage.entries(2, 5, None, ::raft::GetEntriesContext::empty(false));
-    assert_eq!(
-        got.unwrap().iter().map(|e| e.index).collect::<Vec<_>>(),
-        [2, 3, 4]
-    );
-    let one = storage.entries(2, 5, 0, ::raft::GetEntriesContext::empty(false));
-    assert_eq!(
-        one.unwrap().len(),
-        1,
-        "at least one entry even over the size limit"
-    );
-    drop(storage);
-
-    let mut storage = RedbStorage::open(dir.path(), &[1, 2, 3]).unwrap();
-    assert_eq!(storage.last_index(), 4);
-    assert_eq!(storage.log_len_on_disk().unwrap(), 4);
-    assert_eq!(storage.hard_state(), &hs);
-
-    let mut snapshot = Snapshot::default();
-    snapshot.mut_metadata().index = 10;
-    snapshot.mut_metadata().term = 3;
-    snapshot.mut_metadata().mut_conf_state().voters = vec![1, 2];
-    snapshot.data = b"state".to_vec().into();
-    storage.apply_snapshot(&snapshot).unwrap();
-    assert_eq!(storage.first_index().unwrap(), 11);
-    assert_eq!(storage.last_index(), 10);
-    assert_eq!(storage.term(10).unwrap(), 3);
-    assert!(storage.term(4).is_err(), "compacted");
-    drop(storage);
-
-    let storage = RedbStorage::open(dir.path(), &[1, 2, 3]).unwrap();
-    let state = storage.initial_state().unwrap();
-    assert_eq!(state.conf_state.voters, vec![1, 2]);
-    assert_eq!((state.hard_state.term, state.hard_state.commit), (3, 10));
-    assert_eq!(storage.log_len_on_disk().unwrap(), 0);
-    assert_eq!(storage.snapshot_data().unwrap(), b"state");
-    let served = storage.snapshot(0, 2).unwrap();
-    assert_eq!(served.get_metadata().index, 10);
-    assert_eq!(&served.data[..], b"state");
 }
 
 /// Single-node write throughput with 64 concurrent proposers for 2 s:
