@@ -46,13 +46,13 @@ async fn cafe(
         description: "the café".into(),
     })
     .await
-    .unwrap();
+    .expect("setup");
     r.create_service(pb::CreateServiceRequest {
         name: "orders.cafe.local".into(),
         ..Default::default()
     })
     .await
-    .unwrap();
+    .expect("setup");
     r
 }
 
