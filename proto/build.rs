@@ -2,7 +2,11 @@
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["meridian/v1/registry.proto", "meridian/v1/cluster.proto"];
+const PROTOS: &[&str] = &[
+    "meridian/v1/registry.proto",
+    "meridian/v1/cluster.proto",
+    "meridian/v1/peer.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=meridian");

@@ -6,6 +6,10 @@
 //! - [`raft`]: the raft-rs driver and its on-disk storage (knows nothing of services);
 //! - [`replica`]: the registry driven by Raft, with the read views the API serves;
 //! - [`api`]: the tonic services;
+//! - [`watch`]: watch streams, fed from the published views (any node);
+//! - [`health`]: TTL heartbeats and active checks (run by the leader);
+//! - [`peer`]: raft messages between nodes over gRPC;
+//! - [`dns`]: the DNS server, answering from the local replica;
 //! - [`cli`]: the `meridian` subcommands (server and client);
 //! - [`node`]: the composition root that wires the rooms and owns shutdown.
 //!
@@ -14,7 +18,11 @@
 
 pub mod api;
 pub mod cli;
+pub mod dns;
+pub mod health;
 pub mod node;
+pub mod peer;
 pub mod raft;
 pub mod registry;
 pub mod replica;
+pub mod watch;

@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::peer::{GrpcTransport, PeerService};
 use crate::raft::RaftConfig;
 use crate::replica::Replica;
 
@@ -26,12 +27,19 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// gRPC listener (clients and, later, peers). Port 0 picks a free port.
     pub listen: SocketAddr,
-    /// DNS listener. Reserved: the DNS server is not served yet.
+    /// DNS listener, UDP and TCP on the same port. Port 0 picks a free port.
     pub dns_listen: SocketAddr,
+    /// Forward DNS names outside every namespace to this resolver; `None` refuses them.
+    pub dns_recursor: Option<SocketAddr>,
+    /// At most this many records per DNS answer (see [`crate::dns::DEFAULT_MAX_ANSWERS`]).
+    pub dns_max_answers: usize,
     /// Admin HTTP listener. Reserved: the admin endpoints are not served yet.
     pub admin_listen: SocketAddr,
-    /// The initial cluster: `(id, address)` of every voter, this node included.
+    /// The initial cluster: `(id, address)` of every voter, this node included. With `join`,
+    /// the current members (and this node), to reach them.
     pub peers: Vec<(u64, String)>,
+    /// Join an existing cluster (after `meridian cluster add-node`) instead of bootstrapping.
+    pub join: bool,
     /// Compact the Raft log after this many applied entries.
     pub snapshot_every: u64,
 }
@@ -56,6 +64,9 @@ pub enum NodeError {
     /// The API server failed.
     #[error(transparent)]
     Serve(#[from] crate::api::ServeError),
+    /// The DNS server failed.
+    #[error(transparent)]
+    Dns(#[from] crate::dns::DnsError),
     /// A task panicked.
     #[error("task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -64,6 +75,7 @@ pub enum NodeError {
 /// A running node.
 pub struct Node {
     api_addr: SocketAddr,
+    dns_addr: SocketAddr,
     replica: Replica,
     shutdown: CancellationToken,
     tasks: JoinSet<Result<(), NodeError>>,
@@ -80,17 +92,24 @@ impl NodeConfig {
         if self.id == 0 {
             return Err(NodeError::Config("--id must be at least 1".into()));
         }
+        if !(1..=crate::dns::MAX_ANSWERS_LIMIT).contains(&self.dns_max_answers) {
+            return Err(NodeError::Config(format!(
+                "--dns-max-answers must be 1-{}",
+                crate::dns::MAX_ANSWERS_LIMIT
+            )));
+        }
         if !self.peers.iter().any(|(id, _)| *id == self.id) {
             return Err(NodeError::Config(format!(
                 "--peers must include this node's own id {}",
                 self.id
             )));
         }
-        if self.peers.len() > 1 {
+        let mut ids: Vec<u64> = self.peers.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.peers.len() || ids.contains(&0) {
             return Err(NodeError::Config(
-                "--peers names more than one node, but this build has no peer transport yet: \
-                 run a single node"
-                    .into(),
+                "--peers must name each node once, with ids of at least 1".into(),
             ));
         }
         Ok(())
@@ -125,25 +144,87 @@ impl Node {
             source,
         })?;
 
+        let (dns_udp, dns_tcp) = crate::dns::bind(config.dns_listen).await?;
+        let dns_addr = dns_udp.local_addr().map_err(|source| NodeError::Bind {
+            addr: config.dns_listen,
+            source,
+        })?;
+
         let mut raft_config =
             RaftConfig::new(config.id, config.peers.clone(), config.data_dir.clone());
         raft_config.snapshot_every = config.snapshot_every;
-        let (replica, driver) = Replica::start(raft_config, shutdown.child_token())?;
-        tasks.spawn(async move { Ok(driver.await??) });
+        raft_config.join = config.join;
+        let transport = GrpcTransport::new(config.id, &config.peers, shutdown.child_token());
+        let peer_tasks = transport.tasks();
+        let (replica, driver) = Replica::start(raft_config, transport, shutdown.child_token())?;
+        tasks.spawn(async move {
+            let result = driver.await;
+            // The driver owned the transport; its peer tasks end with the same token.
+            peer_tasks.close();
+            peer_tasks.wait().await;
+            Ok(result??)
+        });
 
-        let api = crate::api::serve(listener, replica.clone(), shutdown.child_token());
+        // Watch hub (every node, from its local replica) and health checker (acts while leader).
+        let (hub, watch) = crate::watch::Hub::new(replica.subscribe(), Default::default());
+        let hub = hub.run(shutdown.child_token());
+        tasks.spawn(
+            async move {
+                hub.await;
+                Ok(())
+            }
+            .instrument(tracing::info_span!("watch", node = config.id)),
+        );
+        let (checker, health) =
+            crate::health::HealthChecker::new(replica.clone(), Default::default());
+        let checker = checker.run(shutdown.child_token());
+        tasks.spawn(
+            async move {
+                checker.await;
+                Ok(())
+            }
+            .instrument(tracing::info_span!("health", node = config.id)),
+        );
+        let rooms = crate::api::Rooms { watch, health };
+
+        let peer = PeerService::new(config.id, replica.raft().clone());
+        let api = crate::api::serve(
+            listener,
+            replica.clone(),
+            rooms,
+            peer,
+            shutdown.child_token(),
+        );
         tasks.spawn(
             async move { Ok(api.await?) }.instrument(tracing::info_span!("api", node = config.id)),
+        );
+
+        let dns_config = crate::dns::DnsConfig {
+            max_answers: config.dns_max_answers,
+            recursor: config.dns_recursor,
+            cache: true,
+        };
+        let dns = crate::dns::serve(
+            dns_udp,
+            dns_tcp,
+            replica.clone(),
+            dns_config,
+            shutdown.child_token(),
+        );
+        tasks.spawn(
+            async move { Ok(dns.await?) }.instrument(tracing::info_span!("dns", node = config.id)),
         );
 
         tracing::info!(
             node = config.id,
             api = %api_addr,
+            dns = %dns_addr,
             data_dir = %config.data_dir.display(),
             "node started"
         );
         Ok(Self {
             api_addr,
+            dns_addr,
             replica,
             shutdown,
             tasks,
@@ -153,6 +234,11 @@ impl Node {
     /// The bound gRPC address (useful when started on port 0).
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
+    }
+
+    /// The bound DNS address, UDP and TCP (useful when started on port 0).
+    pub fn dns_addr(&self) -> SocketAddr {
+        self.dns_addr
     }
 
     /// The local replica, for in-process callers.

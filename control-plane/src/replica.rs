@@ -14,6 +14,9 @@ use tokio::sync::watch;
 use crate::raft::{self, FatalError, ProposeError, RaftHandle, StateMachine};
 use crate::registry::{Command, Outcome, Registry, RegistryError};
 
+/// How often a request waiting for an election asks again.
+const ELECTION_POLL: Duration = Duration::from_millis(20);
+
 /// What one applied command hands back to its proposer.
 pub type ApplyResult = Result<Outcome, RegistryError>;
 
@@ -52,8 +55,9 @@ pub enum ReplicaError {
     /// Raft could not commit the command (or confirm the read).
     #[error(transparent)]
     Raft(#[from] ProposeError),
-    /// The write was not committed within the deadline; it may still commit later.
-    #[error("not committed within {0:?}; the outcome is unknown")]
+    /// The write was not committed (or the read not confirmed) within the deadline; a write
+    /// may still commit later.
+    #[error("not committed or confirmed within {0:?}; a write's outcome is unknown")]
     Timeout(Duration),
 }
 
@@ -132,10 +136,23 @@ impl Replica {
 
     /// Validates, proposes and waits until `command` is committed and applied here.
     /// Returns the revision (log index) and what the command produced.
+    ///
+    /// While no leader is known (an election), the write waits for one, within the same
+    /// deadline: nothing was proposed, so trying again cannot apply it twice.
     pub async fn write(&self, command: Command) -> Result<(u64, Outcome), ReplicaError> {
         command.validate()?;
-        let proposal = self.raft.propose(command.encode());
-        let (index, applied) = tokio::time::timeout(self.write_timeout, proposal)
+        let bytes = command.encode();
+        let attempt = async {
+            loop {
+                match self.raft.propose(bytes.clone()).await {
+                    Err(ProposeError::NotLeader { leader_id: None }) => {
+                        tokio::time::sleep(ELECTION_POLL).await;
+                    }
+                    other => return other,
+                }
+            }
+        };
+        let (index, applied) = tokio::time::timeout(self.write_timeout, attempt)
             .await
             .map_err(|_| ReplicaError::Timeout(self.write_timeout))??;
         Ok((index, applied?))
@@ -144,7 +161,20 @@ impl Replica {
     /// The registry, as fresh as `consistency` asks.
     pub async fn read(&self, consistency: Consistency) -> Result<View, ReplicaError> {
         if consistency == Consistency::Linearizable {
-            let index = self.raft.read_index().await?;
+            let confirm = async {
+                loop {
+                    match self.raft.read_index().await {
+                        Err(ProposeError::NotLeader { leader_id: None }) => {
+                            tokio::time::sleep(ELECTION_POLL).await;
+                        }
+                        other => return other,
+                    }
+                }
+            };
+            // A read the leader never confirms (lost on the way, leader gone) fails here.
+            let index = tokio::time::timeout(self.write_timeout, confirm)
+                .await
+                .map_err(|_| ReplicaError::Timeout(self.write_timeout))??;
             let mut view = self.view.clone();
             // The driver publishes before it answers; waiting here keeps this correct even
             // if that order ever changes.
@@ -160,18 +190,26 @@ impl Replica {
         self.view.borrow().clone()
     }
 
+    /// A receiver of every view published from now on (the watch hub and the health checker
+    /// follow the registry through it).
+    pub fn subscribe(&self) -> watch::Receiver<View> {
+        self.view.clone()
+    }
+
     /// The Raft node, for cluster administration.
     pub fn raft(&self) -> &RaftHandle<ApplyResult> {
         &self.raft
     }
 
-    /// Starts a Raft node over a fresh [`RegistryMachine`].
+    /// Starts a Raft node over a fresh [`RegistryMachine`], talking to its peers through
+    /// `transport`.
     pub fn start(
         config: raft::RaftConfig,
+        transport: impl raft::Transport,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Result<(Self, tokio::task::JoinHandle<Result<(), raft::RaftError>>), raft::RaftError> {
         let (machine, view) = RegistryMachine::new();
-        let (handle, driver) = raft::start(config, machine, shutdown)?;
+        let (handle, driver) = raft::start_with_transport(config, machine, transport, shutdown)?;
         Ok((Self::new(handle, view), driver))
     }
 }

@@ -151,7 +151,8 @@ fn ids(discovered: &str) -> Vec<String> {
 /// console block, against a fresh server, prints what the README shows.
 #[test]
 fn readme_cli_tour_runs_as_written() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     let tour = readme
         .split("```console\n")
         .nth(1)
@@ -176,11 +177,19 @@ fn readme_cli_tour_runs_as_written() {
     for (command, expected) in steps {
         let args: Vec<&str> = command.split_whitespace().collect();
         let out = server.cli(&args);
-        let printed = if out.status.success() { out.stdout } else { out.stderr };
-        let printed = String::from_utf8(printed).unwrap().replace(&addr, "127.0.0.1:7400");
+        let printed = if out.status.success() {
+            out.stdout
+        } else {
+            out.stderr
+        };
+        let printed = String::from_utf8(printed)
+            .unwrap()
+            .replace(&addr, "127.0.0.1:7400");
         // Column padding follows the real port's width; compare words, line by line.
         let words = |text: &str| -> Vec<String> {
-            text.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect()
+            text.lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .collect()
         };
         assert_eq!(words(&printed), words(&expected), "meridian {command}");
     }

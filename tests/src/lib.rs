@@ -3,12 +3,21 @@
 //! # Layout
 //! - [`TestNode`]: a real control-plane node started in-process on a free loopback port
 //!   (port 0), with its own temporary data dir, stopped when dropped;
+//! - [`ProcessCluster`]: N real `meridian server` processes with kill -9, restart, pause
+//!   and partitions (every peer link runs through a cuttable TCP proxy);
+//! - [`linearizability`]: a Wing–Gong checker for recorded register/deregister/read
+//!   histories;
 //! - [`wait_for`]: poll a condition until it holds or the patience runs out (never a fixed
 //!   sleep).
 //!
 //! Tests that need a real process (kill -9, restart on the same data dir, signals) live in
 //! `control-plane/tests/`, where Cargo provides the `meridian` binary's path. See
 //! `docs/testing.md`.
+
+pub mod cluster;
+pub mod linearizability;
+
+pub use cluster::ProcessCluster;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,6 +33,7 @@ use tonic::transport::Channel;
 /// A control-plane node running inside the test process.
 pub struct TestNode {
     addr: SocketAddr,
+    dns_addr: SocketAddr,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), String>>>,
     _data_dir: tempfile::TempDir,
@@ -41,16 +51,21 @@ impl TestNode {
             data_dir: data_dir.path().to_owned(),
             listen,
             dns_listen: listen,
+            dns_recursor: None,
+            dns_max_answers: meridian_control_plane::dns::DEFAULT_MAX_ANSWERS,
             admin_listen: listen,
             peers: vec![(1, listen.to_string())],
             snapshot_every: NodeConfig::DEFAULT_SNAPSHOT_EVERY,
+            join: false,
         };
         let node = Node::start(config).await.expect("node starts");
         let addr = node.api_addr();
+        let dns_addr = node.dns_addr();
         let shutdown = node.shutdown_token();
         let task = tokio::spawn(async move { node.wait().await.map_err(|e| e.to_string()) });
         let this = Self {
             addr,
+            dns_addr,
             shutdown,
             task: Some(task),
             _data_dir: data_dir,
@@ -73,6 +88,11 @@ impl TestNode {
     /// The gRPC address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The DNS address (UDP and TCP).
+    pub fn dns_addr(&self) -> SocketAddr {
+        self.dns_addr
     }
 
     /// The gRPC endpoint URL, as `--addr` takes it.

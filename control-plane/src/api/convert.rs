@@ -214,13 +214,17 @@ pub(crate) fn instance(service: &ServiceName, i: &Instance) -> pb::Instance {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        health: match i.health {
-            HealthStatus::Healthy => pb::HealthStatus::Healthy,
-            HealthStatus::Unhealthy => pb::HealthStatus::Unhealthy,
-            HealthStatus::Unknown => pb::HealthStatus::Unknown,
-        } as i32,
+        health: health_pb(i.health) as i32,
         create_revision: i.create_revision,
         mod_revision: i.mod_revision,
+    }
+}
+
+pub(crate) fn health_pb(h: HealthStatus) -> pb::HealthStatus {
+    match h {
+        HealthStatus::Healthy => pb::HealthStatus::Healthy,
+        HealthStatus::Unhealthy => pb::HealthStatus::Unhealthy,
+        HealthStatus::Unknown => pb::HealthStatus::Unknown,
     }
 }
 

@@ -2,6 +2,7 @@
 
 use tonic::{Code, Status};
 
+use crate::health::HeartbeatError;
 use crate::raft::ProposeError;
 use crate::registry::RegistryError;
 use crate::replica::ReplicaError;
@@ -13,7 +14,7 @@ pub(crate) fn status(err: impl Into<ReplicaError>) -> Status {
         ReplicaError::Registry(e) => registry_status(e),
         ReplicaError::Raft(e) => raft_status(e),
         ReplicaError::Timeout(d) => Status::deadline_exceeded(format!(
-            "the write was not committed within {d:?}; it may still take effect"
+            "no quorum answered within {d:?}; a write may still take effect"
         )),
     }
 }
@@ -26,6 +27,16 @@ pub(crate) fn registry_status(err: RegistryError) -> Status {
         RegistryError::FailedPrecondition(_) => Code::FailedPrecondition,
     };
     Status::new(code, err.to_string())
+}
+
+pub(crate) fn heartbeat_status(err: HeartbeatError) -> Status {
+    match err {
+        HeartbeatError::NotLeader { leader_id } => {
+            raft_status(ProposeError::NotLeader { leader_id })
+        }
+        HeartbeatError::Registry(e) => registry_status(e),
+        HeartbeatError::Stopped => Status::unavailable(err.to_string()),
+    }
 }
 
 fn raft_status(err: ProposeError) -> Status {

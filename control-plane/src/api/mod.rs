@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - `registry`: `meridian.v1.Registry`;
+//! - `watch`: its `Watch` stream (subscriptions of the [`crate::watch`] hub → protobuf);
 //! - `cluster`: `meridian.v1.Cluster`;
 //! - `convert`: generated types ↔ registry types (the only place that sees request types);
 //! - `error`: the one mapping from our errors to `tonic::Status`.
@@ -16,6 +17,7 @@ pub mod cluster;
 mod convert;
 mod error;
 pub mod registry;
+mod watch;
 
 use std::net::SocketAddr;
 
@@ -25,11 +27,22 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::replica::Replica;
+use crate::peer::PeerService;
+use crate::replica::{ApplyResult, Replica};
+use meridian_proto::v1::peer_server::PeerServer;
 
 /// Largest request a client may send, in bytes. Generous for any registration (30
 /// attributes of 256 bytes fit in 10 KiB) while refusing abuse early.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// The handles of the rooms the API serves besides the replica.
+#[derive(Debug, Clone)]
+pub struct Rooms {
+    /// The watch hub (`Registry.Watch`).
+    pub watch: crate::watch::WatchHandle,
+    /// The health checker (`Registry.Heartbeat`).
+    pub health: crate::health::HealthHandle,
+}
 
 /// Why the API server stopped.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +59,8 @@ pub enum ServeError {
 pub async fn serve(
     listener: TcpListener,
     replica: Replica,
+    rooms: Rooms,
+    peer: PeerService<ApplyResult>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let local: Option<SocketAddr> = listener.local_addr().ok();
@@ -66,9 +81,11 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let registry = RegistryServer::new(registry::RegistryService::new(replica.clone()))
+    let registry = RegistryServer::new(registry::RegistryService::new(replica.clone(), rooms))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let cluster = ClusterServer::new(cluster::ClusterService::new(replica));
+    // Snapshots arrive in frames of at most 1 MiB; leave room for framing.
+    let peer = PeerServer::new(peer).max_decoding_message_size(2 * crate::peer::FRAME_BYTES);
 
     tracing::info!(addr = ?local, "gRPC API listening");
     tonic::transport::Server::builder()
@@ -77,6 +94,7 @@ pub async fn serve(
         .add_service(reflection_alpha)
         .add_service(registry)
         .add_service(cluster)
+        .add_service(peer)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await?;
     Ok(())

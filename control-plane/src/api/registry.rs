@@ -7,13 +7,15 @@ use meridian_proto::v1::registry_server::Registry as RegistryApi;
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use super::error::{registry_status, status};
+use super::error::{heartbeat_status, registry_status, status};
+use super::{Rooms, watch};
 use crate::registry::{Command, Outcome};
 use crate::replica::{Replica, View};
 
 /// The `Registry` gRPC service over the local replica.
 pub struct RegistryService {
     replica: Replica,
+    rooms: Rooms,
     /// State of the xorshift generator that shuffles discovery answers. Not cryptographic:
     /// it only spreads load across instances, as Cloud Map's random order does.
     shuffle: AtomicU64,
@@ -24,14 +26,15 @@ type Reply<T> = Result<Response<T>, Status>;
 // === impl RegistryService ===
 
 impl RegistryService {
-    /// Serves the registry held by `replica`.
-    pub fn new(replica: Replica) -> Self {
+    /// Serves the registry held by `replica`, its watch streams and heartbeats.
+    pub fn new(replica: Replica, rooms: Rooms) -> Self {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0x9E37_79B9_7F4A_7C15, |d| d.as_nanos() as u64)
             | 1;
         Self {
             replica,
+            rooms,
             shuffle: AtomicU64::new(seed),
         }
     }
@@ -69,6 +72,30 @@ impl RegistryService {
 
 #[tonic::async_trait]
 impl RegistryApi for RegistryService {
+    type WatchStream = watch::WatchStream;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Reply<Self::WatchStream> {
+        let stream = watch::watch(&self.rooms.watch, req.into_inner()).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Reply<pb::HeartbeatResponse> {
+        let req = req.into_inner();
+        let service = convert::service_name("service", &req.service).map_err(registry_status)?;
+        let id = convert::instance_id("id", &req.id).map_err(registry_status)?;
+        let accepted = self
+            .rooms
+            .health
+            .heartbeat(service, id)
+            .await
+            .map_err(heartbeat_status)?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            ttl_ms: accepted.ttl_ms,
+            health: convert::health_pb(accepted.health) as i32,
+            revision: accepted.revision,
+        }))
+    }
+
     async fn create_namespace(
         &self,
         req: Request<pb::CreateNamespaceRequest>,

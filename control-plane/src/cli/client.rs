@@ -23,9 +23,11 @@ pub(super) async fn run(addr: &str, json: bool, command: Command) -> Outcome {
         Command::Service(c) => service(registry, json, c).await,
         Command::Instance(c) => instance(registry, json, c).await,
         Command::Discover(args) => discover(registry, json, args).await,
+        Command::Watch(args) => super::watch::watch(registry, json, args).await,
         Command::Cluster(ClusterCommand::Status) => {
             cluster_status(ClusterClient::new(channel), json).await
         }
+        Command::Cluster(c) => cluster_change(ClusterClient::new(channel), json, c).await,
         Command::Dev(_) | Command::Server(_) => Err("not a client command".into()),
     }
 }
@@ -49,7 +51,7 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// One line: the gRPC code in words, then the server's message (which names the field).
-fn status(s: tonic::Status) -> String {
+pub(super) fn status(s: tonic::Status) -> String {
     let code = format!("{:?}", s.code());
     let words: String = code
         .chars()
@@ -337,6 +339,29 @@ async fn instance(
                 .into_inner();
             print_instances(json, &r.instances, r.revision);
         }
+        InstanceCommand::Heartbeat { service, id } => {
+            let r = client
+                .heartbeat(pb::HeartbeatRequest {
+                    service: service.clone(),
+                    id: id.clone(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json {
+                output::json(&json!({
+                    "service": service, "id": id, "ttl_ms": r.ttl_ms,
+                    "health": health_word(r.health), "revision": r.revision,
+                }));
+            } else {
+                output::line(&format!(
+                    "heartbeat of {id}.{service} accepted: {} (ttl {} ms, revision {})",
+                    health_word(r.health),
+                    r.ttl_ms,
+                    r.revision
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -391,6 +416,7 @@ async fn cluster_status(mut client: ClusterClient<Channel>, json: bool) -> Outco
             "revision": s.revision,
             "members": s.members.iter().map(|m| json!({
                 "id": m.id, "address": m.address, "voter": m.voter, "match_index": m.match_index,
+                "role": member_role(m, s.leader_id),
             })).collect::<Vec<_>>(),
         }));
         return Ok(());
@@ -413,13 +439,127 @@ async fn cluster_status(mut client: ClusterClient<Channel>, json: bool) -> Outco
                 m.id.to_string(),
                 m.address.clone(),
                 if m.voter { "voter" } else { "learner" }.into(),
-                if m.id == s.leader_id { "leader" } else { "" }.into(),
+                member_role(m, s.leader_id).into(),
                 m.match_index.to_string(),
             ]
         })
         .collect();
     output::table(&["ID", "ADDRESS", "KIND", "ROLE", "MATCH"], &rows);
     Ok(())
+}
+
+/// Membership changes go to the leader: on "not the leader", retry once at the leader's
+/// address (members' addresses are their gRPC listeners).
+async fn cluster_change(
+    mut client: ClusterClient<Channel>,
+    json: bool,
+    command: ClusterCommand,
+) -> Outcome {
+    let result = match cluster_call(&mut client, &command).await {
+        Err(s) if s.code() == tonic::Code::Unavailable => match leader_hint(&s) {
+            Some(leader) => {
+                let members = client
+                    .status(pb::StatusRequest {})
+                    .await
+                    .map_err(status)?
+                    .into_inner()
+                    .members;
+                let address = members
+                    .iter()
+                    .find(|m| m.id == leader)
+                    .map(|m| m.address.clone())
+                    .ok_or_else(|| {
+                        format!("the leader is node {leader}, whose address is unknown")
+                    })?;
+                let channel = connect(&format!("http://{address}")).await?;
+                cluster_call(&mut ClusterClient::new(channel), &command).await
+            }
+            None => Err(s),
+        },
+        other => other,
+    };
+    let (what, value) = result.map_err(status)?;
+    if json {
+        output::json(&value);
+    } else {
+        output::line(&what);
+    }
+    Ok(())
+}
+
+fn leader_hint(s: &tonic::Status) -> Option<u64> {
+    s.metadata()
+        .get("meridian-leader-id")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+async fn cluster_call(
+    client: &mut ClusterClient<Channel>,
+    command: &ClusterCommand,
+) -> Result<(String, Value), tonic::Status> {
+    Ok(match command {
+        ClusterCommand::Status => {
+            let s = client.status(pb::StatusRequest {}).await?.into_inner();
+            (
+                format!("leader {}", s.leader_id),
+                json!({"leader_id": s.leader_id}),
+            )
+        }
+        ClusterCommand::AddNode {
+            id,
+            address,
+            timeout,
+        } => {
+            let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+            let request = pb::AddNodeRequest {
+                id: *id,
+                address: address.clone(),
+                timeout_ms,
+            };
+            let r = client.add_node(request).await?.into_inner();
+            (
+                format!("node {id} added as a voter (index {})", r.index),
+                json!({"id": id, "index": r.index}),
+            )
+        }
+        ClusterCommand::RemoveNode { id } => {
+            let r = client
+                .remove_node(pb::RemoveNodeRequest { id: *id })
+                .await?
+                .into_inner();
+            (
+                format!("node {id} removed (index {})", r.index),
+                json!({"id": id, "index": r.index}),
+            )
+        }
+        ClusterCommand::TransferLeader { id } => {
+            let request = pb::TransferLeaderRequest { id: *id };
+            let r = client.transfer_leader(request).await?.into_inner();
+            (
+                format!("node {} leads (term {})", r.leader_id, r.term),
+                json!({"leader_id": r.leader_id, "term": r.term}),
+            )
+        }
+        ClusterCommand::Snapshot => {
+            let r = client.snapshot(pb::SnapshotRequest {}).await?.into_inner();
+            (
+                format!("snapshot taken at index {}", r.snapshot_index),
+                json!({"snapshot_index": r.snapshot_index}),
+            )
+        }
+    })
+}
+
+/// A member's role as the answering node sees it.
+fn member_role(m: &pb::Member, leader_id: u64) -> &'static str {
+    match (m.id == leader_id, m.voter) {
+        (true, _) => "leader",
+        (false, true) => "follower",
+        (false, false) => "learner",
+    }
 }
 
 // --- printing ---
@@ -512,7 +652,7 @@ fn print_instances(json: bool, list: &[pb::Instance], revision: u64) {
     output::table(&["ID", "ADDRESS", "HEALTH", "ATTRIBUTES"], &rows);
 }
 
-fn health_word(h: i32) -> &'static str {
+pub(super) fn health_word(h: i32) -> &'static str {
     match pb::HealthStatus::try_from(h) {
         Ok(pb::HealthStatus::Healthy) => "healthy",
         Ok(pb::HealthStatus::Unhealthy) => "unhealthy",
@@ -549,7 +689,7 @@ fn service_json(s: &pb::Service) -> Value {
     })
 }
 
-fn instance_json(i: &pb::Instance) -> Value {
+pub(super) fn instance_json(i: &pb::Instance) -> Value {
     json!({
         "service": i.service, "id": i.id, "address": i.address, "port": i.port,
         "attributes": i.attributes, "health": health_word(i.health),

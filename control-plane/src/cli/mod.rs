@@ -9,6 +9,7 @@ mod client;
 mod output;
 mod parse;
 mod server;
+mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +53,8 @@ enum Command {
     Instance(InstanceCommand),
     /// Find the instances of a service.
     Discover(DiscoverArgs),
+    /// Print changes as they happen: a service, a namespace (--namespace) or everything.
+    Watch(WatchArgs),
     /// Inspect the cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -65,9 +68,15 @@ struct DevArgs {
     /// gRPC listener.
     #[arg(long, default_value = "127.0.0.1:7400")]
     listen: SocketAddr,
-    /// DNS listener (reserved: the DNS server is not built yet).
+    /// DNS listener, UDP and TCP (`dig @127.0.0.1 -p 8600 orders.cafe.local`).
     #[arg(long, default_value = "127.0.0.1:8600")]
     dns_listen: SocketAddr,
+    /// Forward DNS names outside every namespace to this resolver (IP:PORT); default: refuse.
+    #[arg(long)]
+    dns_recursor: Option<SocketAddr>,
+    /// At most this many records per DNS answer (1-256).
+    #[arg(long, default_value_t = crate::dns::DEFAULT_MAX_ANSWERS)]
+    dns_max_answers: usize,
     /// Admin HTTP listener (reserved: the admin endpoints are not built yet).
     #[arg(long, default_value = "127.0.0.1:7401")]
     admin_listen: SocketAddr,
@@ -84,18 +93,29 @@ struct ServerArgs {
     /// gRPC listener.
     #[arg(long, default_value = "127.0.0.1:7400")]
     listen: SocketAddr,
-    /// DNS listener (reserved: the DNS server is not built yet).
+    /// DNS listener, UDP and TCP (`dig @127.0.0.1 -p 8600 orders.cafe.local`).
     #[arg(long, default_value = "127.0.0.1:8600")]
     dns_listen: SocketAddr,
+    /// Forward DNS names outside every namespace to this resolver (IP:PORT); default: refuse.
+    #[arg(long)]
+    dns_recursor: Option<SocketAddr>,
+    /// At most this many records per DNS answer (1-256).
+    #[arg(long, default_value_t = crate::dns::DEFAULT_MAX_ANSWERS)]
+    dns_max_answers: usize,
     /// Admin HTTP listener (reserved: the admin endpoints are not built yet).
     #[arg(long, default_value = "127.0.0.1:7401")]
     admin_listen: SocketAddr,
-    /// The initial cluster as ID=ADDR,... (this node included). Default: this node alone.
+    /// The cluster as ID=ADDR,... (this node included). Default: this node alone. Used to
+    /// bootstrap an empty data dir; a restarted node keeps its membership from disk.
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
     /// Compact the Raft log after this many applied entries.
     #[arg(long, default_value_t = crate::node::NodeConfig::DEFAULT_SNAPSHOT_EVERY)]
     snapshot_every: u64,
+    /// Join a running cluster (after `meridian cluster add-node ID ADDR` on it) instead of
+    /// bootstrapping one; --peers then lists the current members and this node.
+    #[arg(long)]
+    join: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,6 +237,25 @@ enum InstanceCommand {
         /// SERVICE.NAMESPACE.
         service: String,
     },
+    /// Say an instance is alive (services with a TTL check).
+    Heartbeat {
+        /// SERVICE.NAMESPACE.
+        service: String,
+        /// Instance id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct WatchArgs {
+    /// SERVICE.NAMESPACE; omit it (and --namespace) to watch everything.
+    service: Option<String>,
+    /// Watch every service of this namespace instead.
+    #[arg(long, conflicts_with = "service")]
+    namespace: Option<String>,
+    /// Resume after this revision instead of starting from a full state.
+    #[arg(long, default_value_t = 0)]
+    from: u64,
 }
 
 #[derive(Debug, Args)]
@@ -244,6 +283,29 @@ struct DiscoverArgs {
 enum ClusterCommand {
     /// Members, leader, term and Raft indexes of the node at --addr.
     Status,
+    /// Add a node: start it with `meridian server --join ...` while this waits; it joins as a
+    /// learner, catches up, then becomes a voter.
+    AddNode {
+        /// The new node's id.
+        id: u64,
+        /// Its gRPC address (HOST:PORT) as the other members reach it.
+        address: String,
+        /// How long to wait for it to catch up.
+        #[arg(long, value_parser = parse::duration, default_value = "60s")]
+        timeout: std::time::Duration,
+    },
+    /// Remove a node from the cluster.
+    RemoveNode {
+        /// The node's id.
+        id: u64,
+    },
+    /// Hand leadership to another voter.
+    TransferLeader {
+        /// The new leader's id.
+        id: u64,
+    },
+    /// Snapshot the registry on the node at --addr and compact its log.
+    Snapshot,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -24,9 +24,12 @@ pub(super) async fn dev(args: DevArgs) -> Result<(), String> {
         data_dir,
         listen: args.listen,
         dns_listen: args.dns_listen,
+        dns_recursor: args.dns_recursor,
+        dns_max_answers: args.dns_max_answers,
         admin_listen: args.admin_listen,
         peers: vec![(1, args.listen.to_string())],
         snapshot_every: NodeConfig::DEFAULT_SNAPSHOT_EVERY,
+        join: false,
     };
     run(config, true).await
 }
@@ -42,9 +45,12 @@ pub(super) async fn server(args: ServerArgs) -> Result<(), String> {
         data_dir: args.data_dir,
         listen: args.listen,
         dns_listen: args.dns_listen,
+        dns_recursor: args.dns_recursor,
+        dns_max_answers: args.dns_max_answers,
         admin_listen: args.admin_listen,
         peers,
         snapshot_every: args.snapshot_every,
+        join: args.join,
     };
     run(config, false).await
 }

@@ -38,6 +38,9 @@ pub struct RaftConfig {
     /// Most requests the driver takes from its queue per loop turn; they share one fsync.
     /// Also the capacity of that queue. Default 1024.
     pub max_batch: usize,
+    /// Join an existing cluster instead of bootstrapping one from `peers`: storage starts
+    /// with no membership, and the leader (which added this node) sends a snapshot.
+    pub join: bool,
 }
 
 // === impl RaftConfig ===
@@ -54,6 +57,7 @@ impl RaftConfig {
             heartbeat_ticks: 2,
             snapshot_every: 10_000,
             max_batch: 1024,
+            join: false,
         }
     }
 
@@ -95,6 +99,10 @@ impl RaftConfig {
 
     /// The voter ids to bootstrap an empty data dir with.
     pub(crate) fn voter_ids(&self) -> Vec<u64> {
+        if self.join {
+            // A joining node learns the membership from the leader (a snapshot).
+            return Vec::new();
+        }
         self.peers.iter().map(|(id, _)| *id).collect()
     }
 

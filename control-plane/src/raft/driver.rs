@@ -43,7 +43,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::handle::{MemberStatus, Msg, RaftStatus};
+use super::handle::{MemberStatus, MembershipChange, Msg, RaftStatus};
 use super::pending::{self, Proposals, Reads};
 use super::storage::RedbStorage;
 use super::{FatalError, ProposeError, RaftConfig, RaftError, Reply, StateMachine, Transport};
@@ -60,11 +60,14 @@ pub(crate) struct Driver<SM: StateMachine> {
     snapshot_every: u64,
     max_batch: usize,
     proposals: Proposals<SM::Output>,
+    /// Membership changes waiting to be applied.
+    conf_changes: Proposals<()>,
     reads: Reads,
     /// Index of the last entry applied to the state machine.
     applied: u64,
-    /// `Some(term)` while this node is leader of `term`.
-    leader_term: Option<u64>,
+    /// (term, leader id, leading) when last checked: a change fails what can no longer be
+    /// answered.
+    seen: (u64, u64, bool),
 }
 
 /// Answers owed once the applied batch is published.
@@ -81,20 +84,27 @@ impl<SM: StateMachine> Driver<SM> {
         inbox: mpsc::Receiver<Msg<SM::Output>>,
         applied: u64,
     ) -> Self {
+        // Static peers first; addresses learned from conf changes (stored) override them.
+        let mut addresses: HashMap<u64, String> = config.peers.iter().cloned().collect();
+        for (id, address) in node.store().addresses() {
+            transport.add_peer(id, &address);
+            addresses.insert(id, address);
+        }
         Self {
             id: config.id,
             node,
             sm,
             transport,
             inbox,
-            addresses: config.peers.iter().cloned().collect(),
+            addresses,
             tick_interval: config.tick_interval,
             snapshot_every: config.snapshot_every,
             max_batch: config.max_batch,
             proposals: Proposals::new(),
+            conf_changes: Proposals::new(),
             reads: Reads::default(),
             applied,
-            leader_term: None,
+            seen: (0, ::raft::INVALID_ID, false),
         }
     }
 
@@ -105,6 +115,7 @@ impl<SM: StateMachine> Driver<SM> {
         let mut result = self.run_loop(&shutdown).await;
         let stopped = ProposeError::Stopped;
         self.proposals.fail_all(&stopped);
+        self.conf_changes.fail_all(&stopped);
         self.reads.fail_all(&stopped);
         self.inbox.close();
         while let Ok(msg) = self.inbox.try_recv() {
@@ -144,7 +155,24 @@ impl<SM: StateMachine> Driver<SM> {
                     }
                 }
             }
+            self.report_feedback();
             self.process()?;
+        }
+    }
+
+    fn report_feedback(&mut self) {
+        for feedback in self.transport.feedback() {
+            match feedback {
+                super::Feedback::Unreachable(id) => self.node.report_unreachable(id),
+                super::Feedback::Snapshot { to, delivered } => {
+                    let status = if delivered {
+                        ::raft::SnapshotStatus::Finish
+                    } else {
+                        ::raft::SnapshotStatus::Failure
+                    };
+                    self.node.report_snapshot(to, status);
+                }
+            }
         }
     }
 
@@ -164,11 +192,56 @@ impl<SM: StateMachine> Driver<SM> {
                 let result = self.compact();
                 let _ = reply.send(result.map_err(|e| ProposeError::Storage(e.to_string())));
             }
+            Msg::ChangeMembership { change, reply } => self.change_membership(change, reply),
+            Msg::TransferLeader { to, reply } => {
+                if self.node.raft.state == StateRole::Leader {
+                    self.node.transfer_leader(to);
+                    let _ = reply.send(Ok(()));
+                } else {
+                    let _ = reply.send(Err(self.not_leader()));
+                }
+            }
         }
     }
 
-    fn propose(&mut self, command: Vec<u8>, reply: Reply<(u64, SM::Output)>) {
+    /// Proposes one membership change as a ConfChangeV2 whose context carries (origin, request
+    /// id, new member's address): every replica learns the address when it applies the entry.
+    fn change_membership(&mut self, change: MembershipChange, reply: Reply<(u64, ())>) {
+        use ::raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType};
         if self.node.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        let (kind, id, address) = match change {
+            MembershipChange::AddLearner { id, address } => {
+                (ConfChangeType::AddLearnerNode, id, address)
+            }
+            MembershipChange::Promote { id } => (ConfChangeType::AddNode, id, String::new()),
+            MembershipChange::Remove { id } => (ConfChangeType::RemoveNode, id, String::new()),
+        };
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(kind);
+        single.node_id = id;
+        let request_id = self.conf_changes.next_id();
+        let mut cc = ConfChangeV2::default();
+        cc.set_transition(ConfChangeTransition::Auto);
+        cc.set_changes(vec![single].into());
+        cc.set_context(pending::encode(self.id, request_id, address.as_bytes()).into());
+        match self.node.propose_conf_change(Vec::new(), cc) {
+            Ok(()) => self
+                .conf_changes
+                .insert(request_id, self.node.raft.term, reply),
+            Err(e) => {
+                debug!(error = %e, "raft refused a membership change");
+                let _ = reply.send(Err(ProposeError::Dropped));
+            }
+        }
+    }
+
+    /// Proposes on the leader, or on a follower that knows the leader: raft forwards the entry
+    /// (MsgProp) and the follower answers its caller when it applies the entry itself.
+    fn propose(&mut self, command: Vec<u8>, reply: Reply<(u64, SM::Output)>) {
+        if self.node.raft.leader_id == ::raft::INVALID_ID {
             let _ = reply.send(Err(self.not_leader()));
             return;
         }
@@ -185,13 +258,18 @@ impl<SM: StateMachine> Driver<SM> {
         }
     }
 
+    /// ReadIndex on the leader, or forwarded to it by a follower (raft answers the follower
+    /// with the leader's confirmed commit index).
     fn read_index(&mut self, reply: Reply<u64>) {
-        if self.node.raft.state != StateRole::Leader {
+        if self.node.raft.leader_id == ::raft::INVALID_ID {
             let _ = reply.send(Err(self.not_leader()));
+        } else if self.node.raft.state != StateRole::Leader {
+            let ctx = self.reads.issue(self.id, reply);
+            self.node.read_index(ctx);
         } else if !self.node.raft.commit_to_current_term() {
             self.reads.defer(reply);
         } else {
-            let ctx = self.reads.issue(reply);
+            let ctx = self.reads.issue(self.id, reply);
             self.node.read_index(ctx);
         }
     }
@@ -211,7 +289,7 @@ impl<SM: StateMachine> Driver<SM> {
                 && self.node.raft.commit_to_current_term()
             {
                 for reply in self.reads.take_deferred() {
-                    let ctx = self.reads.issue(reply);
+                    let ctx = self.reads.issue(self.id, reply);
                     self.node.read_index(ctx);
                 }
             }
@@ -239,7 +317,7 @@ impl<SM: StateMachine> Driver<SM> {
             self.install_snapshot(ready.snapshot())?;
         }
         for state in ready.take_read_states() {
-            self.reads.confirm(&state.request_ctx, state.index);
+            self.reads.confirm(self.id, &state.request_ctx, state.index);
         }
         let mut answers = Vec::new();
         let mut applied_any = self.apply(ready.take_committed_entries(), &mut answers)?;
@@ -264,7 +342,8 @@ impl<SM: StateMachine> Driver<SM> {
         }
         self.reads.serve(self.applied);
         let snapshot_index = self.node.store().snapshot_index();
-        if self.applied - snapshot_index >= self.snapshot_every
+        let wanted = self.node.store().take_snapshot_wanted();
+        if (wanted || self.applied - snapshot_index >= self.snapshot_every)
             && let Err(e) = self.compact()
         {
             // The log keeps growing but nothing is lost; retried after the next batch.
@@ -306,11 +385,40 @@ impl<SM: StateMachine> Driver<SM> {
                         .map_err(|e| FatalError(format!("conf change {index}: {e}")))?;
                     let result = self.node.apply_conf_change(&change);
                     self.conf_changed(index, result)?;
+                    if let Some(envelope) = pending::decode(&change.context) {
+                        self.learn_address(&change, envelope.command)?;
+                        if envelope.origin == self.id
+                            && let Some(reply) =
+                                self.conf_changes.take(envelope.request_id, entry.term)
+                        {
+                            let _ = reply.send(Ok((index, ())));
+                        }
+                    }
                 }
             }
             self.applied = index;
         }
         Ok(applied_any)
+    }
+
+    /// Remembers the address a conf change carries for the node it adds, durably (a restart
+    /// must still reach members added after the static `--peers`).
+    fn learn_address(&mut self, change: &ConfChangeV2, address: &[u8]) -> Result<(), RaftError> {
+        let Ok(address) = std::str::from_utf8(address) else {
+            return Ok(());
+        };
+        if address.is_empty() {
+            return Ok(());
+        }
+        for single in change.get_changes() {
+            let id = single.node_id;
+            if self.addresses.get(&id).map(String::as_str) != Some(address) {
+                self.addresses.insert(id, address.to_owned());
+                self.transport.add_peer(id, address);
+                self.node.mut_store().set_addresses(&self.addresses)?;
+            }
+        }
+        Ok(())
     }
 
     /// Records the membership after applying the conf change at `index`.
@@ -353,25 +461,31 @@ impl<SM: StateMachine> Driver<SM> {
         Ok(index)
     }
 
-    /// Fails what this node owed as leader of a term it no longer leads.
+    /// Fails what this node can no longer answer reliably: proposals made in an earlier term
+    /// (or as a leader that stepped down), and reads no quorum confirmed, once the term or the
+    /// leader changes.
     fn check_leadership(&mut self) {
         let raft = &self.node.raft;
-        let now = (raft.state == StateRole::Leader).then_some(raft.term);
-        if now == self.leader_term {
+        let now = (raft.term, raft.leader_id, raft.state == StateRole::Leader);
+        if now == self.seen {
             return;
         }
-        if self.leader_term.is_some() {
-            let dropped = self.proposals.len();
-            self.proposals.fail_outside(now, &ProposeError::Dropped);
-            self.reads.fail_unconfirmed(&ProposeError::Dropped);
-            if dropped > 0 {
-                warn!(
-                    dropped,
-                    "leadership lost: waiting proposals dropped (outcome unknown)"
-                );
-            }
+        let (term, _, leading) = now;
+        let was_leading = self.seen.2;
+        // A leader that stepped down keeps its term but may never commit what it appended.
+        let keep = (!was_leading || leading).then_some(term);
+        let before = self.proposals.len();
+        self.proposals.fail_outside(keep, &ProposeError::Dropped);
+        self.conf_changes.fail_outside(keep, &ProposeError::Dropped);
+        self.reads.fail_unconfirmed(&ProposeError::Dropped);
+        let dropped = before - self.proposals.len();
+        if dropped > 0 {
+            warn!(
+                dropped,
+                term, "term or leader changed: waiting proposals dropped (outcome unknown)"
+            );
         }
-        self.leader_term = now;
+        self.seen = now;
     }
 
     fn send(&self, msgs: Vec<::raft::eraftpb::Message>) {
@@ -423,6 +537,12 @@ fn fail<O>(msg: Msg<O>, error: &ProposeError) {
             let _ = reply.send(Err(error.clone()));
         }
         Msg::Status { reply } => {
+            let _ = reply.send(Err(error.clone()));
+        }
+        Msg::ChangeMembership { reply, .. } => {
+            let _ = reply.send(Err(error.clone()));
+        }
+        Msg::TransferLeader { reply, .. } => {
             let _ = reply.send(Err(error.clone()));
         }
         Msg::Step(_) => {}

@@ -25,6 +25,36 @@ pub(crate) enum Msg<O> {
     Status { reply: Reply<RaftStatus> },
     /// Snapshot the state machine and compact the log now.
     Snapshot { reply: Reply<u64> },
+    /// Change the membership (leader only); answer once applied here.
+    ChangeMembership {
+        change: MembershipChange,
+        reply: Reply<(u64, ())>,
+    },
+    /// Hand leadership to another voter (leader only).
+    TransferLeader { to: u64, reply: Reply<()> },
+}
+
+/// One step of a membership change. Adding a node goes learner first (it catches up without
+/// weakening the quorum), then promotion to voter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// Add `id`, reachable at `address`, as a non-voting learner.
+    AddLearner {
+        /// The new node.
+        id: u64,
+        /// Its peer address; replicated in the conf change so every member learns it.
+        address: String,
+    },
+    /// Make learner `id` a voter.
+    Promote {
+        /// The learner.
+        id: u64,
+    },
+    /// Remove `id` (voter or learner).
+    Remove {
+        /// The member.
+        id: u64,
+    },
 }
 
 /// A cheap, cloneable handle on a running raft node.
@@ -133,6 +163,20 @@ impl<O: Send + 'static> RaftHandle<O> {
     /// returns the snapshot's index.
     pub async fn snapshot(&self) -> Result<u64, ProposeError> {
         self.call(|reply| Msg::Snapshot { reply }).await
+    }
+
+    /// Proposes a membership change; resolves with its log index once applied on this node.
+    /// Leader only ([`ProposeError::NotLeader`] elsewhere).
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<u64, ProposeError> {
+        self.call(|reply| Msg::ChangeMembership { change, reply })
+            .await
+            .map(|(index, ())| index)
+    }
+
+    /// Asks the leader to hand leadership to voter `to`; resolves once the transfer started
+    /// (watch [`RaftHandle::status`] for its outcome).
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), ProposeError> {
+        self.call(|reply| Msg::TransferLeader { to, reply }).await
     }
 
     /// Hands the driver a message from a peer (for the peer transport). Resolves once queued.

@@ -49,7 +49,7 @@ use tracing::Instrument as _;
 
 pub use config::RaftConfig;
 pub use error::{FatalError, ProposeError, RaftError};
-pub use handle::{MemberStatus, RaftHandle, RaftStatus, Role};
+pub use handle::{MemberStatus, MembershipChange, RaftHandle, RaftStatus, Role};
 
 use driver::Driver;
 use handle::Reply;
@@ -84,6 +84,30 @@ pub trait StateMachine: Send + 'static {
 pub trait Transport: Send + Sync + 'static {
     /// Sends each message to the peer in its `to` field.
     fn send(&self, msgs: Vec<Message>);
+
+    /// What the transport learned since the last call (unreachable peers, snapshot
+    /// deliveries); the driver reports it to raft once per loop turn.
+    fn feedback(&self) -> Vec<Feedback> {
+        Vec::new()
+    }
+
+    /// A member's address became known (a node added at run time carries its address in the
+    /// conf change).
+    fn add_peer(&self, _id: u64, _address: &str) {}
+}
+
+/// What a transport tells raft about its peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feedback {
+    /// A message to this peer could not be delivered: raft slows down probing it.
+    Unreachable(u64),
+    /// A snapshot to this peer was handed to the network (`delivered`) or lost.
+    Snapshot {
+        /// The peer.
+        to: u64,
+        /// Whether the snapshot left in full.
+        delivered: bool,
+    },
 }
 
 /// The transport of a cluster of one: there is nobody to send to.

@@ -71,8 +71,13 @@ pub(crate) fn decode(data: &[u8]) -> Option<Envelope<'_>> {
 
 impl<O> Proposals<O> {
     pub(crate) fn new() -> Self {
+        // Start each run from the clock (nanoseconds), so a restarted follower, which may
+        // propose again in the same term, never reuses a request id of its earlier run.
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2));
         Self {
-            next_id: 1,
+            next_id: start,
             pending: HashMap::new(),
         }
     }
@@ -91,9 +96,8 @@ impl<O> Proposals<O> {
 
     /// The waiting caller of the applied entry (`request_id`, proposed in `entry_term`).
     ///
-    /// Request ids restart at 1 when the node restarts, so an entry of an earlier run that is
-    /// re-applied now could carry the id of a proposal made in this run; the term tells them
-    /// apart: this run proposes only as leader of a term above every term of the earlier run.
+    /// Request ids start from the clock in each run, and the term must match too: an entry of
+    /// an earlier run that is re-applied now never answers a proposal of this run.
     pub(crate) fn take(&mut self, request_id: u64, entry_term: u64) -> Option<Reply<(u64, O)>> {
         match self.pending.get(&request_id) {
             Some(p) if p.term == entry_term => self.pending.remove(&request_id).map(|p| p.reply),
@@ -138,20 +142,30 @@ impl Reads {
         !self.deferred.is_empty()
     }
 
-    /// Registers a read handed to raft; returns its request context.
-    pub(crate) fn issue(&mut self, reply: Reply<u64>) -> Vec<u8> {
+    /// Registers a read handed to raft; returns its request context: this node's id and a
+    /// counter, so the leader, which keys pending reads by context, never confuses reads of
+    /// different nodes.
+    pub(crate) fn issue(&mut self, origin: u64, reply: Reply<u64>) -> Vec<u8> {
         let ctx = self.next_ctx;
         self.next_ctx += 1;
         self.issued.insert(ctx, reply);
-        ctx.to_be_bytes().to_vec()
+        let mut bytes = origin.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&ctx.to_be_bytes());
+        bytes
     }
 
-    /// A quorum confirmed `index` for the read with context `ctx`.
-    pub(crate) fn confirm(&mut self, ctx: &[u8], index: u64) {
-        let Some(ctx) = ctx.try_into().ok().map(u64::from_be_bytes) else {
+    /// A quorum confirmed `index` for the read with context `ctx` (ignored unless `origin`'s).
+    pub(crate) fn confirm(&mut self, origin: u64, ctx: &[u8], index: u64) {
+        let Some((node, counter)) = ctx.split_first_chunk::<8>() else {
             return;
         };
-        if let Some(reply) = self.issued.remove(&ctx) {
+        let Ok(counter) = <[u8; 8]>::try_from(counter) else {
+            return;
+        };
+        if u64::from_be_bytes(*node) != origin {
+            return;
+        }
+        if let Some(reply) = self.issued.remove(&u64::from_be_bytes(counter)) {
             self.confirmed.push((index, reply));
         }
     }

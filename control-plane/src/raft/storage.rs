@@ -41,6 +41,8 @@ const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_sn
 
 const HARD_STATE: &str = "hard_state";
 const CONF_STATE: &str = "conf_state";
+/// JSON map of member id → peer address, as learned from conf changes.
+const ADDRESSES: &str = "addresses";
 const SNAPSHOT_META: &str = "metadata";
 const SNAPSHOT_DATA: &str = "data";
 
@@ -57,6 +59,8 @@ pub(crate) struct RedbStorage {
     snapshot: SnapshotMetadata,
     /// Entries `snapshot.index + 1 ..= last_index()`, contiguous.
     entries: VecDeque<Entry>,
+    /// raft asked for a snapshot newer than the stored one (see `Storage::snapshot`).
+    snapshot_wanted: std::cell::Cell<bool>,
 }
 
 // === impl RedbStorage ===
@@ -134,6 +138,7 @@ impl RedbStorage {
             conf_state: applied_conf.unwrap_or_else(|| snapshot.get_conf_state().clone()),
             snapshot,
             entries,
+            snapshot_wanted: std::cell::Cell::new(false),
         };
         hard_state.commit = hard_state.commit.max(storage.snapshot.index);
         if hard_state.commit > storage.last_index() {
@@ -237,6 +242,46 @@ impl RedbStorage {
             self.hard_state.commit = commit;
             self.hard_state_dirty = true;
         }
+    }
+
+    /// Whether raft asked for a fresher snapshot since the last call.
+    pub(crate) fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.replace(false)
+    }
+
+    /// Stores the address book (fsynced: rare, and a restart must reach every member).
+    pub(crate) fn set_addresses(
+        &mut self,
+        addresses: &std::collections::HashMap<u64, String>,
+    ) -> Result<(), RaftError> {
+        let sorted: std::collections::BTreeMap<&u64, &String> = addresses.iter().collect();
+        let bytes = serde_json::to_vec(&sorted)
+            .map_err(|e| RaftError::Corrupt(format!("address book: {e}")))?;
+        let txn = self.db.begin_write().map_err(RaftError::storage("begin"))?;
+        {
+            let mut state = txn
+                .open_table(STATE)
+                .map_err(RaftError::storage("open state"))?;
+            state
+                .insert(ADDRESSES, bytes.as_slice())
+                .map_err(RaftError::storage("write addresses"))?;
+        }
+        txn.commit()
+            .map_err(RaftError::storage("commit addresses"))?;
+        Ok(())
+    }
+
+    /// The stored address book (empty if none or unreadable: static peers still apply).
+    pub(crate) fn addresses(&self) -> Vec<(u64, String)> {
+        let read = || -> Option<Vec<(u64, String)>> {
+            let txn = self.db.begin_read().ok()?;
+            let state = txn.open_table(STATE).ok()?;
+            let value = state.get(ADDRESSES).ok()??;
+            let map: std::collections::BTreeMap<u64, String> =
+                serde_json::from_slice(value.value()).ok()?;
+            Some(map.into_iter().collect())
+        };
+        read().unwrap_or_default()
     }
 
     /// Records the membership after an applied conf change (see the module doc for why the
@@ -493,9 +538,13 @@ impl Storage for RedbStorage {
         Ok(RedbStorage::last_index(self))
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> ::raft::Result<Snapshot> {
-        if self.snapshot.index < request_index || self.snapshot.index == 0 {
-            // The driver compacts every `snapshot_every` entries; a newer one will come.
+    fn snapshot(&self, request_index: u64, to: u64) -> ::raft::Result<Snapshot> {
+        let conf = self.snapshot.get_conf_state();
+        let knows_to = conf.voters.contains(&to) || conf.learners.contains(&to);
+        if self.snapshot.index < request_index || self.snapshot.index == 0 || !knows_to {
+            // Too old, or from before `to` joined (it would refuse a membership without
+            // itself): ask the driver for a fresh one; raft asks again on its next probe.
+            self.snapshot_wanted.set(true);
             return Err(StorageError::SnapshotTemporarilyUnavailable.into());
         }
         let data = self

@@ -1,0 +1,68 @@
+//! The receiving end of peer streams.
+
+use meridian_proto::v1 as pb;
+use meridian_proto::v1::peer_server::Peer;
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::raft::RaftHandle;
+
+/// Largest raft message accepted, reassembled: a snapshot of a very large registry.
+const MAX_MESSAGE_BYTES: usize = 1 << 30;
+
+/// `meridian.v1.Peer`: steps every message from a peer stream into the local raft node.
+pub struct PeerService<O> {
+    id: u64,
+    raft: RaftHandle<O>,
+}
+
+// === impl PeerService ===
+
+impl<O> PeerService<O> {
+    /// Delivers to the raft node `id` behind `raft`.
+    pub fn new(id: u64, raft: RaftHandle<O>) -> Self {
+        Self { id, raft }
+    }
+}
+
+#[tonic::async_trait]
+impl<O: Send + 'static> Peer for PeerService<O> {
+    async fn raft(
+        &self,
+        request: Request<Streaming<pb::RaftFrame>>,
+    ) -> Result<Response<pb::RaftStreamSummary>, Status> {
+        let mut frames = request.into_inner();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut messages = 0u64;
+        while let Some(frame) = frames.message().await? {
+            if pending.len() + frame.data.len() > MAX_MESSAGE_BYTES {
+                return Err(Status::resource_exhausted("raft message too large"));
+            }
+            if frame.more {
+                pending.extend_from_slice(&frame.data);
+                continue;
+            }
+            let bytes = if pending.is_empty() {
+                frame.data
+            } else {
+                pending.extend_from_slice(&frame.data);
+                std::mem::take(&mut pending)
+            };
+            let msg = Message::parse_from_bytes(&bytes)
+                .map_err(|e| Status::invalid_argument(format!("raft message: {e}")))?;
+            if msg.to != self.id {
+                // A peer with a wrong address book: refuse loudly rather than mis-deliver.
+                return Err(Status::failed_precondition(format!(
+                    "message for node {} reached node {}",
+                    msg.to, self.id
+                )));
+            }
+            messages += 1;
+            if self.raft.step(msg).await.is_err() {
+                return Err(Status::unavailable("the raft node is stopped"));
+            }
+        }
+        Ok(Response::new(pb::RaftStreamSummary { messages }))
+    }
+}

@@ -1,0 +1,281 @@
+//! [`GrpcTransport`]: raft messages out to peers, one task and one stream per peer.
+//!
+//! The driver calls [`Transport::send`] from its loop, so sending never waits: each peer has a
+//! bounded queue ([`QUEUE_DEPTH`]) and a full queue drops the message and reports the peer
+//! unreachable (raft then probes it gently and resends what matters). Each peer's task keeps
+//! one client stream open, reconnecting with exponential backoff (50 ms to 1 s); HTTP/2
+//! keep-alives notice a peer that stopped answering (crashed or paused) within ~3 s.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, mpsc as std_mpsc};
+use std::time::Duration;
+
+use meridian_proto::v1 as pb;
+use meridian_proto::v1::peer_client::PeerClient;
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument as _;
+
+use super::FRAME_BYTES;
+use crate::raft::{Feedback, Transport};
+
+/// Messages queued per peer before new ones are dropped. Raft sends at most a few messages
+/// per peer per Ready; a thousand absorbs bursts while a stalled peer costs bounded memory.
+pub const QUEUE_DEPTH: usize = 1024;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The raft room's transport over `meridian.v1.Peer` streams.
+pub struct GrpcTransport {
+    id: u64,
+    links: Mutex<HashMap<u64, mpsc::Sender<Message>>>,
+    feedback_tx: std_mpsc::Sender<Feedback>,
+    feedback_rx: Mutex<std_mpsc::Receiver<Feedback>>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// One peer's sending task.
+struct Link {
+    from: u64,
+    to: u64,
+    address: String,
+    queue: mpsc::Receiver<Message>,
+    feedback: std_mpsc::Sender<Feedback>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+// === impl GrpcTransport ===
+
+impl GrpcTransport {
+    /// A transport for node `id` that knows `peers` (`(id, host:port)`; its own entry is
+    /// ignored). Peer tasks run until `shutdown` is cancelled; wait for them with
+    /// [`GrpcTransport::tasks`].
+    pub fn new(id: u64, peers: &[(u64, String)], shutdown: CancellationToken) -> Self {
+        let (feedback_tx, feedback_rx) = std_mpsc::channel();
+        let transport = Self {
+            id,
+            links: Mutex::new(HashMap::new()),
+            feedback_tx,
+            feedback_rx: Mutex::new(feedback_rx),
+            shutdown,
+            tasks: TaskTracker::new(),
+        };
+        for (peer, address) in peers {
+            transport.add_peer(*peer, address);
+        }
+        transport
+    }
+
+    /// The peer tasks, to wait for after shutdown.
+    pub fn tasks(&self) -> TaskTracker {
+        self.tasks.clone()
+    }
+
+    fn report(&self, feedback: Feedback) {
+        let _ = self.feedback_tx.send(feedback);
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn send(&self, msgs: Vec<Message>) {
+        let links = self
+            .links
+            .lock()
+            .expect("invariant: no panics while holding the lock");
+        for msg in msgs {
+            let to = msg.to;
+            let snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
+            let queued = links
+                .get(&to)
+                .is_some_and(|link| link.try_send(msg).is_ok());
+            if !queued {
+                tracing::trace!(to, "peer queue full or peer unknown; message dropped");
+                self.report(Feedback::Unreachable(to));
+                if snapshot {
+                    self.report(Feedback::Snapshot {
+                        to,
+                        delivered: false,
+                    });
+                }
+            }
+        }
+    }
+
+    fn feedback(&self) -> Vec<Feedback> {
+        let rx = self
+            .feedback_rx
+            .lock()
+            .expect("invariant: no panics while holding the lock");
+        rx.try_iter().collect()
+    }
+
+    fn add_peer(&self, id: u64, address: &str) {
+        if id == self.id || address.is_empty() {
+            return;
+        }
+        let mut links = self
+            .links
+            .lock()
+            .expect("invariant: no panics while holding the lock");
+        if links.contains_key(&id) {
+            return;
+        }
+        let (tx, queue) = mpsc::channel(QUEUE_DEPTH);
+        links.insert(id, tx);
+        let link = Link {
+            from: self.id,
+            to: id,
+            address: address.to_owned(),
+            queue,
+            feedback: self.feedback_tx.clone(),
+            shutdown: self.shutdown.clone(),
+            tasks: self.tasks.clone(),
+        };
+        let span = tracing::info_span!("peer", from = self.id, to = id, address);
+        self.tasks.spawn(link.run().instrument(span));
+    }
+}
+
+// === impl Link ===
+
+impl Link {
+    async fn run(mut self) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let connected = tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                c = self.connect() => c,
+            };
+            match connected {
+                Ok(channel) => {
+                    tracing::debug!("connected");
+                    backoff = BACKOFF_MIN;
+                    if self.stream(channel).await.is_break() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot connect"),
+            }
+            // Whatever waits now would go nowhere: drop it, tell raft, try again later.
+            self.drain_unreachable();
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
+        Endpoint::from_shared(format!("http://{}", self.address))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true)
+            .connect()
+            .await
+    }
+
+    /// Pumps queued messages into one stream until it breaks (→ `Continue`: reconnect) or the
+    /// node shuts down (→ `Break`).
+    async fn stream(&mut self, channel: Channel) -> std::ops::ControlFlow<()> {
+        use std::ops::ControlFlow::{Break, Continue};
+        let (frames, rx) = mpsc::channel::<pb::RaftFrame>(64);
+        let mut client = PeerClient::new(channel);
+        // The call runs on its own task: hyper drives the request stream there, while this
+        // loop only feeds it and notices when it ends.
+        let mut call = self
+            .tasks
+            .spawn(async move { client.raft(ReceiverStream::new(rx)).await });
+        loop {
+            let msg = tokio::select! {
+                () = self.shutdown.cancelled() => return Break(()),
+                ended = &mut call => {
+                    tracing::debug!(?ended, "peer stream ended");
+                    let _ = self.feedback.send(Feedback::Unreachable(self.to));
+                    return Continue(());
+                }
+                msg = self.queue.recv() => match msg {
+                    Some(msg) => msg,
+                    None => return Break(()),
+                },
+            };
+            let snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
+            let sent = match msg.write_to_bytes() {
+                Ok(bytes) => tokio::select! {
+                    () = self.shutdown.cancelled() => return Break(()),
+                    sent = send_frames(&frames, bytes) => sent,
+                },
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode a raft message");
+                    false
+                }
+            };
+            if snapshot {
+                let _ = self.feedback.send(Feedback::Snapshot {
+                    to: self.to,
+                    delivered: sent,
+                });
+            }
+            if !sent {
+                let _ = self.feedback.send(Feedback::Unreachable(self.to));
+                call.abort();
+                return Continue(());
+            }
+        }
+    }
+
+    fn drain_unreachable(&mut self) {
+        let mut dropped = 0usize;
+        while let Ok(msg) = self.queue.try_recv() {
+            dropped += 1;
+            if msg.get_msg_type() == MessageType::MsgSnapshot {
+                let _ = self.feedback.send(Feedback::Snapshot {
+                    to: self.to,
+                    delivered: false,
+                });
+            }
+        }
+        if dropped > 0 {
+            tracing::trace!(
+                from = self.from,
+                dropped,
+                "peer unreachable; messages dropped"
+            );
+            let _ = self.feedback.send(Feedback::Unreachable(self.to));
+        }
+    }
+}
+
+/// Sends one encoded message as frames of at most [`FRAME_BYTES`]; false if the stream broke.
+async fn send_frames(frames: &mpsc::Sender<pb::RaftFrame>, bytes: Vec<u8>) -> bool {
+    if bytes.len() <= FRAME_BYTES {
+        return frames
+            .send(pb::RaftFrame {
+                data: bytes,
+                more: false,
+            })
+            .await
+            .is_ok();
+    }
+    let count = bytes.len().div_ceil(FRAME_BYTES);
+    for (i, chunk) in bytes.chunks(FRAME_BYTES).enumerate() {
+        let frame = pb::RaftFrame {
+            data: chunk.to_vec(),
+            more: i + 1 < count,
+        };
+        if frames.send(frame).await.is_err() {
+            return false;
+        }
+    }
+    true
+}

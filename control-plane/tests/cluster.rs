@@ -1,0 +1,632 @@
+//! Real 3- and 5-node clusters under failure: kill -9, restart, SIGSTOP, partitions.
+//!
+//! The invariant checked everywhere: every acknowledged registration is present on every node
+//! afterwards, and nothing appears that no client asked for.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meridian_proto::v1 as pb;
+use meridian_tests::{ProcessCluster, wait_for};
+use tokio_util::sync::CancellationToken;
+
+const BIN: &str = env!("CARGO_BIN_EXE_meridian");
+const PATIENCE: Duration = Duration::from_secs(30);
+
+async fn cluster(n: u64, args: &[&str]) -> ProcessCluster {
+    let cluster = ProcessCluster::start(Path::new(BIN), n, args).await;
+    let leader = cluster.wait_for_leader(PATIENCE).await;
+    let mut r = cluster.registry(leader);
+    r.create_namespace(pb::CreateNamespaceRequest {
+        name: "cafe.local".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("namespace");
+    r.create_service(pb::CreateServiceRequest {
+        name: "orders.cafe.local".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("service");
+    cluster
+}
+
+fn registration(id: &str) -> pb::RegisterInstanceRequest {
+    pb::RegisterInstanceRequest {
+        service: "orders.cafe.local".into(),
+        id: id.into(),
+        address: "10.0.0.1".into(),
+        port: 8080,
+        attributes: Default::default(),
+    }
+}
+
+/// The instance ids node `id` holds, read from its local replica.
+async fn ids_on(cluster: &ProcessCluster, node: u64) -> Option<BTreeSet<String>> {
+    let listed = cluster
+        .registry(node)
+        .list_instances(pb::ListInstancesRequest {
+            service: "orders.cafe.local".into(),
+            ..Default::default()
+        })
+        .await
+        .ok()?;
+    Some(
+        listed
+            .into_inner()
+            .instances
+            .into_iter()
+            .map(|i| i.id)
+            .collect(),
+    )
+}
+
+/// Waits until every listed node holds exactly the same instances at the same revision.
+async fn converged(cluster: &ProcessCluster, nodes: &[u64]) -> (BTreeSet<String>, u64) {
+    wait_for("the nodes to converge", PATIENCE, || async {
+        let mut seen = BTreeSet::new();
+        let mut revisions = BTreeSet::new();
+        for &node in nodes {
+            seen.insert(ids_on(cluster, node).await?);
+            revisions.insert(cluster.status(node).await?.revision);
+        }
+        (seen.len() == 1 && revisions.len() == 1).then(|| {
+            (
+                seen.pop_first().expect("one"),
+                revisions.pop_first().expect("one"),
+            )
+        })
+    })
+    .await
+}
+
+/// Writers that register new ids round-robin over `targets` until stopped, recording which
+/// registrations were acknowledged and which failed (outcome unknown).
+struct Load {
+    acked: Arc<Mutex<BTreeSet<String>>>,
+    failed: Arc<Mutex<BTreeSet<String>>>,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(cluster: &ProcessCluster, writers: usize) -> Self {
+        let load = Load {
+            acked: Arc::default(),
+            failed: Arc::default(),
+            stop: CancellationToken::new(),
+            tasks: Vec::new(),
+        };
+        let clients: Vec<_> = cluster
+            .ids()
+            .into_iter()
+            .map(|id| cluster.registry(id))
+            .collect();
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let (acked, failed, stop) = (
+                Arc::clone(&load.acked),
+                Arc::clone(&load.failed),
+                load.stop.clone(),
+            );
+            let mut clients = clients.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0usize;
+                while !stop.is_cancelled() {
+                    let id = format!("w{w}-{n}");
+                    let target = (w + n) % clients.len();
+                    let client = &mut clients[target];
+                    match client.register_instance(registration(&id)).await {
+                        Ok(_) => acked.lock().unwrap().insert(id),
+                        Err(_) => failed.lock().unwrap().insert(id),
+                    };
+                    n += 1;
+                }
+            }));
+        }
+        Load { tasks, ..load }
+    }
+
+    async fn stop(self) -> (BTreeSet<String>, BTreeSet<String>) {
+        self.stop.cancel();
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        let failed = self.failed.lock().unwrap().clone();
+        (acked, failed)
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+}
+
+/// Waits until `nodes` agree on a leader other than `old`.
+async fn new_leader_among(cluster: &ProcessCluster, nodes: &[u64], old: u64) -> u64 {
+    wait_for("a new leader", PATIENCE, || async {
+        cluster.agreed_leader(nodes).await.filter(|l| *l != old)
+    })
+    .await
+}
+
+/// Registers through `node`, retrying while the cluster answers UNAVAILABLE (an election is
+/// settling: the write was refused or its outcome is unknown; registering again is safe).
+async fn register_retrying(cluster: &ProcessCluster, node: u64, id: &str) {
+    wait_for("a registration to be acknowledged", PATIENCE, || async {
+        match cluster
+            .registry(node)
+            .register_instance(registration(id))
+            .await
+        {
+            Ok(_) => Some(()),
+            Err(s) if s.code() == tonic::Code::Unavailable => None,
+            Err(s) => panic!("registration of {id} failed: {s:?}"),
+        }
+    })
+    .await;
+}
+
+#[track_caller]
+fn assert_no_loss(on: &BTreeSet<String>, acked: &BTreeSet<String>, failed: &BTreeSet<String>) {
+    let lost: Vec<&String> = acked.difference(on).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged registrations lost: {lost:?}",
+        lost.len()
+    );
+    let phantom: Vec<&String> = on
+        .iter()
+        .filter(|id| !acked.contains(*id) && !failed.contains(*id))
+        .collect();
+    assert!(phantom.is_empty(), "registrations nobody made: {phantom:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn followers_forward_writes_and_serve_linearizable_reads() {
+    let cluster = cluster(3, &[]).await;
+    let leader = cluster.wait_for_leader(PATIENCE).await;
+    for follower in cluster.ids().into_iter().filter(|id| *id != leader) {
+        let id = format!("via-{follower}");
+        let written = cluster
+            .registry(follower)
+            .register_instance(registration(&id))
+            .await
+            .unwrap()
+            .into_inner();
+        // A linearizable read on another follower sees it at once.
+        let reader = cluster
+            .ids()
+            .into_iter()
+            .find(|n| *n != leader && *n != follower)
+            .unwrap();
+        let found = cluster
+            .registry(reader)
+            .discover_instances(pb::DiscoverInstancesRequest {
+                service: "orders.cafe.local".into(),
+                consistency: pb::Consistency::Linearizable as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(found.revision >= written.revision);
+        assert!(
+            found.instances.iter().any(|i| i.id == id),
+            "{id} missing on node {reader}"
+        );
+    }
+    let (ids, _) = converged(&cluster, &cluster.ids()).await;
+    assert_eq!(ids.len(), 2);
+    let status = cluster.status(leader).await.unwrap();
+    assert_eq!(status.members.len(), 3);
+    assert!(
+        status.members.iter().all(|m| m.voter && m.match_index > 0),
+        "{status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_killed_under_load_loses_no_acknowledged_write() {
+    let mut cluster = cluster(3, &["--snapshot-every", "200"]).await;
+    let leader = cluster.wait_for_leader(PATIENCE).await;
+    let load = Load::start(&cluster, 8);
+    wait_for("writes before the kill", PATIENCE, || async {
+        (load.acked() >= 100).then_some(())
+    })
+    .await;
+    cluster.kill(leader);
+    let before = load.acked();
+    let survivors: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    new_leader_among(&cluster, &survivors, leader).await;
+    wait_for("writes after the kill", PATIENCE, || async {
+        (load.acked() >= before + 100).then_some(())
+    })
+    .await;
+    let (acked, failed) = load.stop().await;
+
+    let (on_survivors, _) = converged(&cluster, &survivors).await;
+    assert_no_loss(&on_survivors, &acked, &failed);
+
+    cluster.restart(leader);
+    let (everywhere, _) = converged(&cluster, &cluster.ids()).await;
+    assert_no_loss(&everywhere, &acked, &failed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn minority_cannot_commit_and_healing_converges() {
+    let cluster = cluster(3, &[]).await;
+    let old_leader = cluster.wait_for_leader(PATIENCE).await;
+    let majority: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != old_leader)
+        .collect();
+    cluster.partition(&[old_leader], &majority);
+
+    // The majority elects a leader among itself and keeps committing.
+    let new_leader = wait_for("a leader in the majority", PATIENCE, || async {
+        cluster
+            .agreed_leader(&majority)
+            .await
+            .filter(|l| *l != old_leader)
+    })
+    .await;
+    cluster
+        .registry(new_leader)
+        .register_instance(registration("majority-1"))
+        .await
+        .unwrap();
+    cluster
+        .registry(majority[0])
+        .register_instance(registration("majority-2"))
+        .await
+        .unwrap();
+
+    // The cut-off old leader cannot commit: the write is refused or times out, never acked.
+    let minority_write = cluster
+        .registry(old_leader)
+        .register_instance(registration("minority"))
+        .await;
+    assert!(
+        minority_write.is_err(),
+        "a minority acknowledged a write: {minority_write:?}"
+    );
+
+    cluster.heal();
+    let (ids, _) = converged(&cluster, &cluster.ids()).await;
+    assert_eq!(
+        ids,
+        BTreeSet::from(["majority-1".to_owned(), "majority-2".to_owned()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lagging_follower_catches_up_by_snapshot() {
+    let cluster = cluster(3, &["--snapshot-every", "20"]).await;
+    let leader = cluster.wait_for_leader(PATIENCE).await;
+    let lagging = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+    let others: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != lagging)
+        .collect();
+    cluster.partition(&[lagging], &others);
+    let leader = wait_for("a leader without the lagging node", PATIENCE, || {
+        cluster.agreed_leader(&others)
+    })
+    .await;
+    let mut r = cluster.registry(leader);
+    for i in 0..100 {
+        r.register_instance(registration(&format!("i-{i}")))
+            .await
+            .unwrap();
+    }
+    let status = cluster.status(leader).await.unwrap();
+    assert!(
+        status.snapshot_index > 20,
+        "the leader compacted its log: {status:?}"
+    );
+    cluster.heal();
+    let (ids, _) = converged(&cluster, &cluster.ids()).await;
+    assert_eq!(ids.len(), 100);
+    assert!(
+        cluster
+            .log(lagging)
+            .contains("installing a snapshot from the leader"),
+        "node {lagging} should have caught up from a snapshot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn whole_cluster_restarted_recovers_the_same_state_and_revision() {
+    let mut cluster = cluster(3, &[]).await;
+    let leader = cluster.wait_for_leader(PATIENCE).await;
+    let mut r = cluster.registry(leader);
+    for i in 0..30 {
+        r.register_instance(registration(&format!("i-{i}")))
+            .await
+            .unwrap();
+    }
+    let before = converged(&cluster, &cluster.ids()).await;
+    for id in cluster.ids() {
+        cluster.kill(id);
+    }
+    for id in cluster.ids() {
+        cluster.restart(id);
+    }
+    cluster.wait_for_leader(PATIENCE).await;
+    assert_eq!(converged(&cluster, &cluster.ids()).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn five_nodes_survive_two_failures() {
+    let mut cluster = cluster(5, &[]).await;
+    let leader = cluster.wait_for_leader(PATIENCE).await;
+    let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+    cluster.kill(leader);
+    cluster.kill(follower);
+    let alive: Vec<u64> = cluster.running();
+    new_leader_among(&cluster, &alive, leader).await;
+    for i in 0..10 {
+        register_retrying(&cluster, alive[i % alive.len()], &format!("i-{i}")).await;
+    }
+    cluster.restart(leader);
+    cluster.restart(follower);
+    let (ids, _) = converged(&cluster, &cluster.ids()).await;
+    assert_eq!(ids.len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paused_leader_is_replaced_and_rejoins() {
+    let cluster = cluster(3, &[]).await;
+    let leader = cluster.wait_for_leader(PATIENCE).await;
+    cluster.pause(leader);
+    let others: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    let new_leader = new_leader_among(&cluster, &others, leader).await;
+    register_retrying(&cluster, new_leader, "while-paused").await;
+    cluster.resume(leader);
+    let (ids, _) = converged(&cluster, &cluster.ids()).await;
+    assert!(ids.contains("while-paused"));
+    assert_eq!(
+        cluster.agreed_leader(&cluster.ids()).await,
+        Some(new_leader)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn membership_add_by_snapshot_transfer_and_remove() {
+    use meridian_proto::v1::cluster_client::ClusterClient;
+
+    let mut cluster = cluster(3, &[]).await;
+    let leader = cluster.wait_for_leader(PATIENCE).await;
+    for i in 0..20 {
+        cluster
+            .registry(leader)
+            .register_instance(registration(&format!("i-{i}")))
+            .await
+            .unwrap();
+    }
+    // Compact the leader's log so the new node can only catch up from a snapshot.
+    let mut admin = ClusterClient::new(cluster.channel(leader));
+    let snap = admin
+        .snapshot(pb::SnapshotRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(snap.snapshot_index > 20);
+
+    let address = cluster.spawn_joining(4);
+    let added = admin
+        .add_node(pb::AddNodeRequest {
+            id: 4,
+            address: address.to_string(),
+            timeout_ms: 30_000,
+        })
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e:?}\nnode 4:\n{}\nleader:\n{}",
+                cluster.log(4),
+                cluster.log(leader)
+            )
+        })
+        .into_inner();
+    assert!(added.index > snap.snapshot_index);
+    let status = cluster.status(leader).await.unwrap();
+    assert_eq!(
+        status.members.iter().filter(|m| m.voter).count(),
+        4,
+        "{status:?}"
+    );
+    let (ids, _) = converged(&cluster, &cluster.ids()).await;
+    assert_eq!(ids.len(), 20);
+    assert!(
+        cluster
+            .log(4)
+            .contains("installing a snapshot from the leader")
+    );
+
+    // Adding it again is refused; bad input names the field.
+    let again = admin
+        .add_node(pb::AddNodeRequest {
+            id: 4,
+            address: address.to_string(),
+            timeout_ms: 0,
+        })
+        .await;
+    assert_eq!(again.unwrap_err().code(), tonic::Code::AlreadyExists);
+    let bad = admin
+        .add_node(pb::AddNodeRequest {
+            id: 0,
+            address: "x".into(),
+            timeout_ms: 0,
+        })
+        .await;
+    assert!(bad.unwrap_err().message().starts_with("id: "));
+
+    // Leadership moves to the new node, which then removes the old leader.
+    let moved = admin
+        .transfer_leader(pb::TransferLeaderRequest { id: 4 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(moved.leader_id, 4);
+    let mut admin4 = ClusterClient::new(cluster.channel(4));
+    admin4
+        .remove_node(pb::RemoveNodeRequest { id: leader })
+        .await
+        .unwrap();
+    let status = cluster.status(4).await.unwrap();
+    assert!(!status.members.iter().any(|m| m.id == leader), "{status:?}");
+    cluster.kill(leader);
+    let rest: Vec<u64> = cluster.running();
+    register_retrying(&cluster, rest[0], "after-removal").await;
+    let (ids, _) = converged(&cluster, &rest).await;
+    assert_eq!(ids.len(), 21);
+}
+
+/// Many seeded rounds of concurrent register / deregister / linearizable reads against every
+/// node, with the leader killed in the middle of each round; each recorded history must be
+/// linearizable (Wing–Gong search, `meridian_tests::linearizability`).
+#[tokio::test(flavor = "multi_thread")]
+async fn histories_with_a_leader_kill_are_linearizable() {
+    use meridian_tests::linearizability::{Event, Op, Outcome, check};
+    use std::time::Instant;
+
+    const CLIENTS: u64 = 4;
+    const OPS_PER_CLIENT: u64 = 25;
+    const POOL: u8 = 5;
+
+    let mut cluster = cluster(3, &[]).await;
+    for round in 0..6u64 {
+        let leader = cluster.wait_for_leader(PATIENCE).await;
+        let service = format!("lin{round}.cafe.local");
+        cluster
+            .registry(leader)
+            .create_service(pb::CreateServiceRequest {
+                name: service.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+
+        let history = Arc::new(Mutex::new(Vec::new()));
+        let mut clients = Vec::new();
+        for c in 0..CLIENTS {
+            let nodes: Vec<_> = cluster
+                .ids()
+                .into_iter()
+                .map(|id| cluster.registry(id))
+                .collect();
+            let (history, service) = (Arc::clone(&history), service.clone());
+            clients.push(tokio::spawn(async move {
+                // xorshift, seeded per round and client: the same seeds replay the same ops.
+                let mut rng = (round + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    ^ (c + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                let mut next = move || {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng
+                };
+                let mut nodes = nodes;
+                for _ in 0..OPS_PER_CLIENT {
+                    let roll = next();
+                    let key = (roll % u64::from(POOL)) as u8;
+                    let node = &mut nodes[(roll >> 8) as usize % 3];
+                    let op = match (roll >> 16) % 3 {
+                        0 => Op::Register(key),
+                        1 => Op::Deregister(key),
+                        _ => Op::Read,
+                    };
+                    let call = Instant::now();
+                    let outcome = match op {
+                        Op::Register(k) => {
+                            let req = pb::RegisterInstanceRequest {
+                                service: service.clone(),
+                                id: format!("k{k}"),
+                                address: "10.0.0.1".into(),
+                                port: 80,
+                                attributes: Default::default(),
+                            };
+                            match node.register_instance(req).await {
+                                Ok(_) => Outcome::Ok,
+                                Err(_) => Outcome::Unknown,
+                            }
+                        }
+                        Op::Deregister(k) => {
+                            let req = pb::DeregisterInstanceRequest {
+                                service: service.clone(),
+                                id: format!("k{k}"),
+                            };
+                            match node.deregister_instance(req).await {
+                                Ok(_) => Outcome::Ok,
+                                Err(s) if s.code() == tonic::Code::NotFound => Outcome::NotFound,
+                                Err(_) => Outcome::Unknown,
+                            }
+                        }
+                        Op::Read => {
+                            let req = pb::ListInstancesRequest {
+                                service: service.clone(),
+                                consistency: pb::Consistency::Linearizable as i32,
+                            };
+                            match node.list_instances(req).await {
+                                Ok(r) => Outcome::Read(r.into_inner().instances.iter().fold(
+                                    0u8,
+                                    |set, i| {
+                                        set | 1
+                                            << i.id.trim_start_matches('k').parse::<u8>().unwrap()
+                                    },
+                                )),
+                                Err(_) => Outcome::Unknown,
+                            }
+                        }
+                    };
+                    history.lock().unwrap().push(Event {
+                        op,
+                        call,
+                        ret: Instant::now(),
+                        outcome,
+                    });
+                }
+            }));
+        }
+        // Kill the leader once the round is under way.
+        wait_for("the round to start", PATIENCE, || async {
+            (history.lock().unwrap().len() >= 20).then_some(())
+        })
+        .await;
+        cluster.kill(leader);
+        for client in clients {
+            client.await.unwrap();
+        }
+        cluster.restart(leader);
+
+        let history = history.lock().unwrap().clone();
+        let definite = history
+            .iter()
+            .filter(|e| e.outcome != Outcome::Unknown)
+            .count();
+        assert!(
+            definite >= 50,
+            "round {round}: only {definite} definite outcomes"
+        );
+        if let Err(reason) = check(&history) {
+            panic!("round {round}: {reason}\n{history:#?}");
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! [`ProcessCluster`]: N real `meridian server` processes on loopback, with faults.
+//!
+//! Every peer link goes through a TCP proxy owned by the harness: node `i` reaches node `j` at
+//! the address of proxy `i→j`, which forwards to `j`'s real listener. Cutting a proxy drops its
+//! connections and refuses new ones, which is what a network partition looks like to a node —
+//! with no test hook inside the product. Processes can be killed with SIGKILL, restarted on
+//! the same data dir and port, and paused with SIGSTOP/SIGCONT. Everything is stopped on drop,
+//! also when a test panics.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use meridian_proto::v1 as pb;
+use meridian_proto::v1::cluster_client::ClusterClient;
+use meridian_proto::v1::registry_client::RegistryClient;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::wait_for;
+
+/// A cluster of real `meridian` processes.
+pub struct ProcessCluster {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    nodes: BTreeMap<u64, NodeProcess>,
+    links: HashMap<(u64, u64), Link>,
+    extra_args: Vec<String>,
+    shutdown: CancellationToken,
+}
+
+struct NodeProcess {
+    listen: SocketAddr,
+    peers: String,
+    data_dir: PathBuf,
+    child: Option<Child>,
+    join: bool,
+}
+
+/// The proxy of one directed peer link.
+struct Link {
+    cut: Arc<AtomicBool>,
+    cut_now: Arc<Notify>,
+}
+
+// === impl ProcessCluster ===
+
+impl ProcessCluster {
+    /// Starts `n` nodes (ids 1..=n) from the `meridian` binary at `bin`, extra server flags
+    /// in `extra_args` (e.g. `--snapshot-every 50`), and waits for a leader.
+    pub async fn start(bin: &Path, n: u64, extra_args: &[&str]) -> Self {
+        let mut cluster = Self {
+            bin: bin.to_owned(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            nodes: BTreeMap::new(),
+            links: HashMap::new(),
+            extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            shutdown: CancellationToken::new(),
+        };
+        let ids: Vec<u64> = (1..=n).collect();
+        let listens: BTreeMap<u64, SocketAddr> = ids.iter().map(|id| (*id, free_addr())).collect();
+        for &id in &ids {
+            let peers = cluster.peer_list(id, &listens).await;
+            cluster.nodes.insert(
+                id,
+                NodeProcess {
+                    listen: listens[&id],
+                    peers,
+                    data_dir: cluster.dir.path().join(format!("node-{id}")),
+                    child: None,
+                    join: false,
+                },
+            );
+        }
+        for &id in &ids {
+            cluster.spawn(id);
+        }
+        cluster.wait_for_leader(Duration::from_secs(30)).await;
+        cluster
+    }
+
+    /// `--peers` for node `id`: itself directly, every other node through a proxy.
+    async fn peer_list(&mut self, id: u64, listens: &BTreeMap<u64, SocketAddr>) -> String {
+        let mut peers = Vec::new();
+        for (&other, &addr) in listens {
+            if other == id {
+                peers.push(format!("{id}={addr}"));
+                continue;
+            }
+            let proxy = self.proxy(id, other, addr).await;
+            peers.push(format!("{other}={proxy}"));
+        }
+        peers.join(",")
+    }
+
+    async fn proxy(&mut self, from: u64, to: u64, target: SocketAddr) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let link = Link {
+            cut: Arc::new(AtomicBool::new(false)),
+            cut_now: Arc::new(Notify::new()),
+        };
+        tokio::spawn(forward(
+            listener,
+            target,
+            Arc::clone(&link.cut),
+            Arc::clone(&link.cut_now),
+            self.shutdown.clone(),
+        ));
+        self.links.insert((from, to), link);
+        addr
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node-{id}.log")))
+            .expect("log file");
+        let mut command = Command::new(&self.bin);
+        command
+            .args(["server", "--id", &id.to_string(), "--data-dir"])
+            .arg(&node.data_dir)
+            .args(["--listen", &node.listen.to_string(), "--peers", &node.peers])
+            .args(["--dns-listen", &free_addr().to_string()])
+            .args(["--admin-listen", &free_addr().to_string()])
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info,meridian_control_plane::raft::logger=info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if node.join {
+            command.arg("--join");
+        }
+        node.child = Some(command.spawn().expect("spawn meridian server"));
+    }
+
+    /// Node ids.
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// The gRPC URL of node `id`.
+    pub fn url(&self, id: u64) -> String {
+        format!("http://{}", self.nodes[&id].listen)
+    }
+
+    /// A lazily connecting channel to node `id` (works while it is down; calls then fail).
+    pub fn channel(&self, id: u64) -> Channel {
+        Endpoint::from_shared(self.url(id))
+            .expect("url")
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(15))
+            .connect_lazy()
+    }
+
+    /// A `Registry` client for node `id`.
+    pub fn registry(&self, id: u64) -> RegistryClient<Channel> {
+        RegistryClient::new(self.channel(id))
+    }
+
+    /// Node `id`'s own status, if it answers.
+    pub async fn status(&self, id: u64) -> Option<pb::StatusResponse> {
+        let mut client = ClusterClient::new(self.channel(id));
+        client
+            .status(pb::StatusRequest {})
+            .await
+            .ok()
+            .map(tonic::Response::into_inner)
+    }
+
+    /// The leader that every running, reachable node agrees on, if any.
+    pub async fn agreed_leader(&self, among: &[u64]) -> Option<u64> {
+        let mut leaders = BTreeSet::new();
+        for &id in among {
+            leaders.insert(self.status(id).await?.leader_id);
+        }
+        match leaders.into_iter().collect::<Vec<_>>()[..] {
+            [leader] if leader != 0 => Some(leader),
+            _ => None,
+        }
+    }
+
+    /// Waits until the running nodes agree on a leader; returns it.
+    pub async fn wait_for_leader(&self, patience: Duration) -> u64 {
+        let running = self.running();
+        wait_for("an agreed leader", patience, || {
+            self.agreed_leader(&running)
+        })
+        .await
+    }
+
+    /// Ids of nodes whose process runs (paused ones included).
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.child.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a killed node again on its data dir and port.
+    pub fn restart(&mut self, id: u64) {
+        assert!(self.nodes[&id].child.is_none(), "node {id} still runs");
+        self.spawn(id);
+    }
+
+    /// SIGSTOP: the process stops answering but keeps its sockets.
+    pub fn pause(&self, id: u64) {
+        self.signal(id, "-STOP");
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self, id: u64) {
+        self.signal(id, "-CONT");
+    }
+
+    fn signal(&self, id: u64, signal: &str) {
+        let child = self.nodes[&id].child.as_ref().expect("node runs");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// Cuts every link between a node of `a` and a node of `b`, both ways.
+    pub fn partition(&self, a: &[u64], b: &[u64]) {
+        for &x in a {
+            for &y in b {
+                for key in [(x, y), (y, x)] {
+                    if let Some(link) = self.links.get(&key) {
+                        link.cut.store(true, Ordering::SeqCst);
+                        link.cut_now.notify_waiters();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        for link in self.links.values() {
+            link.cut.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// The server log of node `id` (for failure messages).
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node-{id}.log"))).unwrap_or_default()
+    }
+
+    /// Adds node `id` as a process that joins the running cluster with `--join`; the caller
+    /// adds it to the membership first (`meridian cluster add-node`). Links to and from it
+    /// are direct (not proxied).
+    pub fn spawn_joining(&mut self, id: u64) -> SocketAddr {
+        let listen = free_addr();
+        let mut peers: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(other, n)| format!("{other}={}", n.listen))
+            .collect();
+        peers.push(format!("{id}={listen}"));
+        self.nodes.insert(
+            id,
+            NodeProcess {
+                listen,
+                peers: peers.join(","),
+                data_dir: self.dir.path().join(format!("node-{id}")),
+                child: None,
+                join: true,
+            },
+        );
+        self.spawn(id);
+        listen
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Accepts on `listener` and pipes each connection to `target`, unless the link is cut.
+async fn forward(
+    listener: TcpListener,
+    target: SocketAddr,
+    cut: Arc<AtomicBool>,
+    cut_now: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((mut inbound, _)) = accepted else {
+            continue;
+        };
+        if cut.load(Ordering::SeqCst) {
+            drop(inbound);
+            continue;
+        }
+        let (cut_now, shutdown) = (Arc::clone(&cut_now), shutdown.clone());
+        tokio::spawn(async move {
+            let Ok(mut outbound) = TcpStream::connect(target).await else {
+                return;
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = cut_now.notified() => {}
+                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+            }
+        });
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+}
