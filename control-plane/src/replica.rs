@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::raft::{self, FatalError, ProposeError, RaftHandle, StateMachine};
-use crate::registry::{Command, Outcome, Registry, RegistryError};
+use crate::registry::{Change, Command, Outcome, Registry, RegistryError};
 
 /// How often a request waiting for an election asks again.
 const ELECTION_POLL: Duration = Duration::from_millis(20);
@@ -27,13 +27,41 @@ pub struct View {
     pub applied_index: u64,
     /// The registry at that index.
     pub registry: Arc<Registry>,
+    /// The change feed of the most recent applied batches, oldest first (a persistent vector:
+    /// cloning a view does not copy it). A reader that last saw index `i` finds everything
+    /// since in [`View::changes_since`]; empty right after a snapshot was restored.
+    pub feed: imbl::Vector<Arc<FeedBatch>>,
 }
+
+/// What one applied batch changed.
+#[derive(Debug)]
+pub struct FeedBatch {
+    /// The applied index of the view before this batch.
+    pub previous_index: u64,
+    /// The applied index after it.
+    pub applied_index: u64,
+    /// The changes, in log order.
+    pub changes: Vec<Change>,
+}
+
+/// How much change history views carry: enough for a reader that fell a few thousand batches
+/// behind to catch up from the feed; older readers compare registries instead.
+const FEED_BATCHES: usize = 4096;
+/// ... and at most this many changes in all (a bound on memory).
+const FEED_CHANGES: usize = 1 << 17;
 
 /// The registry as a Raft [`StateMachine`].
 #[derive(Debug)]
 pub struct RegistryMachine {
     registry: Registry,
     publish: watch::Sender<View>,
+    /// Changes applied since the last published view.
+    pending: Vec<Change>,
+    /// The applied index of the last published view.
+    published: u64,
+    /// The recent batches views carry, and how many changes they hold.
+    feed: imbl::Vector<Arc<FeedBatch>>,
+    feed_changes: usize,
 }
 
 /// How fresh a read must be.
@@ -69,6 +97,30 @@ pub struct Replica {
     write_timeout: Duration,
 }
 
+// === impl View ===
+
+impl View {
+    /// Every change applied after index `seen` up to this view, in log order, if the feed
+    /// still holds all of them (`None`: the reader is too far behind, or a snapshot was
+    /// restored in between).
+    pub fn changes_since(&self, seen: u64) -> Option<Vec<&Change>> {
+        if seen == self.applied_index {
+            return Some(Vec::new());
+        }
+        let start = self
+            .feed
+            .binary_search_by_key(&seen, |b| b.previous_index)
+            .ok()?;
+        Some(
+            self.feed
+                .iter()
+                .skip(start)
+                .flat_map(|b| b.changes.iter())
+                .collect(),
+        )
+    }
+}
+
 // === impl RegistryMachine ===
 
 impl RegistryMachine {
@@ -78,6 +130,10 @@ impl RegistryMachine {
         let machine = Self {
             registry: Registry::new(),
             publish,
+            pending: Vec::new(),
+            published: 0,
+            feed: imbl::Vector::new(),
+            feed_changes: 0,
         };
         (machine, view)
     }
@@ -94,14 +150,31 @@ impl StateMachine for RegistryMachine {
                 "undecodable registry command at index {index}: {e}"
             ))
         })?;
-        Ok(self.registry.apply(index, &command))
+        Ok(self
+            .registry
+            .apply_logged(index, &command, &mut self.pending))
     }
 
     fn applied(&mut self, applied_index: u64) {
+        let changes = std::mem::take(&mut self.pending);
+        self.feed_changes += changes.len();
+        self.feed.push_back(Arc::new(FeedBatch {
+            previous_index: self.published,
+            applied_index,
+            changes,
+        }));
+        while self.feed.len() > FEED_BATCHES || self.feed_changes > FEED_CHANGES {
+            match self.feed.pop_front() {
+                Some(old) => self.feed_changes -= old.changes.len(),
+                None => break,
+            }
+        }
         self.publish.send_replace(View {
             applied_index,
             registry: Arc::new(self.registry.clone()),
+            feed: self.feed.clone(),
         });
+        self.published = applied_index;
     }
 
     fn snapshot(&self) -> Vec<u8> {

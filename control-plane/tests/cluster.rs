@@ -630,3 +630,276 @@ async fn histories_with_a_leader_kill_are_linearizable() {
         }
     }
 }
+
+/// Leader failover does not flap TTL instances. A service with a 3 s TTL; five instances
+/// heartbeat every 500 ms through a follower that stays up (which relays to the leader); a
+/// watcher on the third node records every event. The leader is killed: no heartbeating
+/// instance ever turns UNHEALTHY (the new leader gives every TTL a fresh grace period, and
+/// heartbeats reach it through the same follower), while an instance that stopped
+/// heartbeating at the kill does turn UNHEALTHY under the new leader.
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_failover_does_not_flap_ttl_instances() {
+    const SERVICE: &str = "ttl.cafe.local";
+    let mut cluster = ProcessCluster::start(Path::new(BIN), 3, &[]).await;
+    let leader = cluster.wait_for_leader(PATIENCE).await;
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|i| *i != leader).collect();
+    let (relay, watched) = (others[0], others[1]);
+
+    let mut r = cluster.registry(relay);
+    r.create_namespace(pb::CreateNamespaceRequest {
+        name: "cafe.local".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    r.create_service(pb::CreateServiceRequest {
+        name: SERVICE.into(),
+        health_check: Some(pb::HealthCheck {
+            kind: Some(pb::health_check::Kind::Ttl(pb::TtlCheck { ttl_ms: 3_000 })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let beating: Vec<String> = (0..5).map(|i| format!("b-{i}")).collect();
+    for id in beating.iter().map(String::as_str).chain(["quiet"]) {
+        r.register_instance(pb::RegisterInstanceRequest {
+            service: SERVICE.into(),
+            ..registration(id)
+        })
+        .await
+        .unwrap();
+    }
+
+    // The watched node serves from its replica: let it apply every registration first.
+    wait_for(
+        "the watched node to hold every instance",
+        PATIENCE,
+        || async {
+            let listed = cluster
+                .registry(watched)
+                .list_instances(pb::ListInstancesRequest {
+                    service: SERVICE.into(),
+                    ..Default::default()
+                })
+                .await
+                .ok()?;
+            (listed.into_inner().instances.len() == 6).then_some(())
+        },
+    )
+    .await;
+
+    // Every event the watcher sees: (instance id, health).
+    let events: Arc<Mutex<Vec<(String, i32)>>> = Arc::default();
+    let mut stream = cluster
+        .registry(watched)
+        .watch(pb::WatchRequest {
+            service: SERVICE.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    let Some(pb::watch_response::Body::Snapshot(snapshot)) = first.body else {
+        panic!("a full state first: {first:?}");
+    };
+    assert_eq!(snapshot.instances.len(), 6);
+    assert!(
+        snapshot
+            .instances
+            .iter()
+            .all(|i| i.health == pb::HealthStatus::Healthy as i32)
+    );
+    let recorder = tokio::spawn({
+        let events = Arc::clone(&events);
+        async move {
+            while let Ok(Some(message)) = stream.message().await {
+                let mut events = events.lock().unwrap();
+                match message.body {
+                    Some(pb::watch_response::Body::Events(batch)) => {
+                        for e in batch.events {
+                            if let Some(i) = e.instance {
+                                events.push((i.id, i.health));
+                            }
+                        }
+                    }
+                    // A resync hands over whole states: record each instance's health.
+                    Some(pb::watch_response::Body::Snapshot(s)) => {
+                        events.extend(s.instances.into_iter().map(|i| (i.id, i.health)));
+                    }
+                    None => {}
+                }
+            }
+        }
+    });
+
+    // Heartbeaters through `relay`; each records when its last heartbeat was accepted.
+    let stop = CancellationToken::new();
+    let quiet = CancellationToken::new();
+    let accepted: Arc<Mutex<Vec<(String, tokio::time::Instant)>>> = Arc::default();
+    let mut beaters = Vec::new();
+    for id in beating.iter().cloned().chain(["quiet".to_owned()]) {
+        let mut client = cluster.registry(relay);
+        let stop = if id == "quiet" {
+            quiet.clone()
+        } else {
+            stop.clone()
+        };
+        let accepted = Arc::clone(&accepted);
+        beaters.push(tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let beat = client.heartbeat(pb::HeartbeatRequest {
+                    service: SERVICE.into(),
+                    id: id.clone(),
+                });
+                if beat.await.is_ok() {
+                    accepted
+                        .lock()
+                        .unwrap()
+                        .push((id.clone(), tokio::time::Instant::now()));
+                }
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }));
+    }
+    wait_for("heartbeats relayed to the leader", PATIENCE, || async {
+        (accepted.lock().unwrap().len() >= 12).then_some(())
+    })
+    .await;
+
+    quiet.cancel();
+    let killed_at = tokio::time::Instant::now();
+    cluster.kill(leader);
+    let new_leader = new_leader_among(&cluster, &others, leader).await;
+
+    // The instance that went quiet expires under the new leader, after its grace period.
+    let unhealthy = pb::HealthStatus::Unhealthy as i32;
+    wait_for("the quiet instance to expire", PATIENCE, || async {
+        let events = events.lock().unwrap();
+        events
+            .iter()
+            .any(|(id, h)| id == "quiet" && *h == unhealthy)
+            .then_some(())
+    })
+    .await;
+    // Every heartbeating instance got heartbeats through after the kill, and two more TTLs
+    // pass under the new leader.
+    let since_kill = |id: &str| {
+        accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(i, at)| i == id && *at > killed_at)
+    };
+    wait_for("heartbeats after the failover", PATIENCE, || async {
+        beating.iter().all(|id| since_kill(id)).then_some(())
+    })
+    .await;
+    let settle = tokio::time::Instant::now() + Duration::from_secs(6);
+    wait_for("two TTLs under the new leader", PATIENCE, || async {
+        (tokio::time::Instant::now() >= settle).then_some(())
+    })
+    .await;
+    stop.cancel();
+    for beater in beaters {
+        beater.await.unwrap();
+    }
+    recorder.abort();
+
+    let events = events.lock().unwrap().clone();
+    let flapped: Vec<&(String, i32)> = events
+        .iter()
+        .filter(|(id, h)| id != "quiet" && *h != pb::HealthStatus::Healthy as i32)
+        .collect();
+    assert!(
+        flapped.is_empty(),
+        "heartbeating instances flapped across the failover to node {new_leader}: {flapped:?}\n\
+         every event: {events:?}"
+    );
+    // And the registry agrees, on the node that watched.
+    let listed = cluster
+        .registry(watched)
+        .list_instances(pb::ListInstancesRequest {
+            service: SERVICE.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .instances;
+    for i in listed {
+        let want = if i.id == "quiet" {
+            unhealthy
+        } else {
+            pb::HealthStatus::Healthy as i32
+        };
+        assert_eq!(i.health, want, "{}", i.id);
+    }
+}
+
+/// A follower cut off from the leader relays heartbeats in vain and answers UNAVAILABLE once
+/// its relay's patience runs out (never hangs, never loops); healed, it relays again.
+#[tokio::test(flavor = "multi_thread")]
+async fn partitioned_follower_refuses_heartbeats_until_healed() {
+    const SERVICE: &str = "ttl.cafe.local";
+    let cluster = ProcessCluster::start(Path::new(BIN), 3, &[]).await;
+    let leader = cluster.wait_for_leader(PATIENCE).await;
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|i| *i != leader).collect();
+    let lonely = others[0];
+    let mut r = cluster.registry(leader);
+    r.create_namespace(pb::CreateNamespaceRequest {
+        name: "cafe.local".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    r.create_service(pb::CreateServiceRequest {
+        name: SERVICE.into(),
+        health_check: Some(pb::HealthCheck {
+            kind: Some(pb::health_check::Kind::Ttl(pb::TtlCheck { ttl_ms: 60_000 })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    r.register_instance(pb::RegisterInstanceRequest {
+        service: SERVICE.into(),
+        ..registration("i-1")
+    })
+    .await
+    .unwrap();
+    let beat = || {
+        let mut client = cluster.registry(lonely);
+        async move {
+            client
+                .heartbeat(pb::HeartbeatRequest {
+                    service: SERVICE.into(),
+                    id: "i-1".into(),
+                })
+                .await
+        }
+    };
+    wait_for("a heartbeat relayed by the follower", PATIENCE, || async {
+        beat().await.ok()
+    })
+    .await;
+
+    cluster.partition(&[lonely], &[leader, others[1]]);
+    let refused = wait_for("the cut-off follower to refuse", PATIENCE, || async {
+        beat().await.err()
+    })
+    .await;
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+
+    cluster.heal();
+    wait_for("the healed follower to relay again", PATIENCE, || async {
+        beat().await.ok()
+    })
+    .await;
+}

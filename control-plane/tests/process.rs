@@ -543,3 +543,440 @@ fn dev_runs_a_node_in_a_temporary_dir_and_cleans_up() {
         "the temporary data dir {data_dir} should be gone"
     );
 }
+
+// --- meridian exec, meridian instance heartbeat, meridian watch --json ---
+
+/// A process started in its own process group, killed with its whole group (so `meridian
+/// exec`'s child program too) and reaped when dropped, also on panic.
+struct Group {
+    child: Child,
+}
+
+// === impl Group ===
+
+impl Group {
+    fn spawn(command: &mut Command) -> Self {
+        use std::os::unix::process::CommandExt as _;
+        let child = command.process_group(0).spawn().expect("spawn");
+        Self { child }
+    }
+
+    fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill {signal}");
+    }
+
+    /// Waits for the process to exit on its own.
+    fn wait(&mut self, what: &str) -> std::process::ExitStatus {
+        let mut status = None;
+        wait_for(what, Duration::from_secs(30), || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        status.expect("exited")
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// The python3 the exec tests run as a real child program; they fail loudly without it.
+fn python3() -> String {
+    let out = Command::new("sh")
+        .args(["-c", "command -v python3"])
+        .output()
+        .expect("run sh");
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success() && !path.is_empty(),
+        "python3 is required by the `meridian exec` tests (apt-get install python3)"
+    );
+    path
+}
+
+impl Server {
+    /// `meridian exec ... -- program args`, in its own process group, output discarded.
+    fn exec(&self, exec_args: &[&str], program: &[&str]) -> Group {
+        Group::spawn(
+            Command::new(BIN)
+                .arg("exec")
+                .args(exec_args)
+                .arg("--")
+                .args(program)
+                .env("MERIDIAN_ADDR", &self.url)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+    }
+
+    /// The instances of `service` (any health), as JSON objects.
+    fn instances(&self, service: &str) -> Vec<Value> {
+        let listed: Value =
+            serde_json::from_str(&self.ok(&["instance", "list", service, "--json"]))
+                .expect("instance list --json prints JSON");
+        listed["instances"]
+            .as_array()
+            .expect("an instances array")
+            .clone()
+    }
+}
+
+/// A python program that says it started (file `started`), listens on `port` once the file
+/// `listen` exists, and exits with code 3 once the file `exit` exists.
+fn controlled_program(dir: &Path, port: u16) -> String {
+    format!(
+        r#"
+import os, socket, sys, time
+d = {dir:?}
+def wait(name):
+    while not os.path.exists(os.path.join(d, name)):
+        time.sleep(0.01)
+open(os.path.join(d, "started"), "w").close()
+wait("listen")
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", {port}))
+s.listen(16)
+wait("exit")
+sys.exit(3)
+"#,
+        dir = dir.display().to_string()
+    )
+}
+
+/// `meridian exec` registers the program once its port answers, heartbeats it through TTLs,
+/// deregisters it when it exits and exits with its code.
+#[test]
+fn exec_registers_while_the_program_lives_and_exits_with_its_code() {
+    let python = python3();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    server.ok(&["namespace", "create", "cafe.local"]);
+    server.ok(&[
+        "service",
+        "create",
+        "orders.cafe.local",
+        "--check",
+        "ttl:1s",
+    ]);
+    let port = free_port();
+    let script = controlled_program(dir.path(), port);
+    let port_arg = port.to_string();
+    let mut exec = server.exec(
+        &[
+            "--service",
+            "orders.cafe.local",
+            "--id",
+            "i-1",
+            "--port",
+            &port_arg,
+            "--attr",
+            "version=v1",
+        ],
+        &[&python, "-c", &script],
+    );
+
+    wait_for("the program to start", Duration::from_secs(20), || {
+        dir.path().join("started").exists()
+    });
+    // Its port does not answer yet: not registered.
+    assert!(server.instances("orders.cafe.local").is_empty());
+    std::fs::File::create(dir.path().join("listen")).unwrap();
+    wait_for("the registration", Duration::from_secs(20), || {
+        !server.instances("orders.cafe.local").is_empty()
+    });
+    let instance = &server.instances("orders.cafe.local")[0];
+    assert_eq!(instance["id"], "i-1");
+    assert_eq!(instance["port"], port);
+    assert_eq!(instance["address"], "127.0.0.1");
+    assert_eq!(instance["attributes"]["version"], "v1");
+
+    // Heartbeats (every third of the 1 s TTL) keep it healthy through three TTLs.
+    let until = Instant::now() + Duration::from_secs(3);
+    wait_for("three TTLs to pass", Duration::from_secs(20), || {
+        let health = server.instances("orders.cafe.local")[0]["health"].clone();
+        assert_eq!(health, "healthy", "exec's heartbeats lapsed");
+        Instant::now() >= until
+    });
+
+    std::fs::File::create(dir.path().join("exit")).unwrap();
+    let status = exec.wait("exec to exit after its program");
+    assert_eq!(status.code(), Some(3), "the program's exit code");
+    // Deregistered before exec exited.
+    assert!(server.instances("orders.cafe.local").is_empty());
+}
+
+/// SIGTERM to `meridian exec` is forwarded to the program; exec waits for it, deregisters,
+/// and reports the signal as 128 + 15.
+#[test]
+fn exec_forwards_sigterm_then_deregisters() {
+    let python = python3();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.ok(&["namespace", "create", "cafe.local"]);
+    server.ok(&["service", "create", "web.cafe.local"]);
+    let port = free_port().to_string();
+    let mut exec = server.exec(
+        &[
+            "--service",
+            "web.cafe.local",
+            "--id",
+            "w-1",
+            "--port",
+            &port,
+        ],
+        &[&python, "-m", "http.server", &port, "--bind", "127.0.0.1"],
+    );
+    wait_for("the registration", Duration::from_secs(20), || {
+        !server.instances("web.cafe.local").is_empty()
+    });
+    exec.signal("-TERM");
+    let status = exec.wait("exec to exit after SIGTERM");
+    // http.server does not handle SIGTERM: it died of the forwarded signal.
+    assert_eq!(status.code(), Some(128 + 15));
+    assert!(server.instances("web.cafe.local").is_empty());
+}
+
+/// A program that exits before its port answers is never registered; exec's own failures
+/// say why in one line and exit 125 (127 for a program that does not exist); a program whose
+/// registration is refused for good is stopped.
+#[test]
+fn exec_exit_codes_without_a_registration() {
+    let python = python3();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.ok(&["namespace", "create", "cafe.local"]);
+    server.ok(&["service", "create", "orders.cafe.local"]);
+    let port = free_port().to_string();
+    let base = [
+        "--service",
+        "orders.cafe.local",
+        "--id",
+        "i-1",
+        "--port",
+        &port,
+    ];
+
+    let mut exec = server.exec(&base, &[&python, "-c", "import sys; sys.exit(7)"]);
+    assert_eq!(exec.wait("exec").code(), Some(7));
+    assert!(server.instances("orders.cafe.local").is_empty());
+
+    let mut exec = server.exec(&base, &["/nonexistent/program"]);
+    assert_eq!(exec.wait("exec").code(), Some(127));
+
+    // A registration the registry refuses for good (an id that is not a DNS label): the
+    // program is stopped and exec exits 125.
+    let mut exec = server.exec(
+        &[
+            "--service",
+            "orders.cafe.local",
+            "--id",
+            "bad_id",
+            "--port",
+            &port,
+        ],
+        &[&python, "-m", "http.server", &port, "--bind", "127.0.0.1"],
+    );
+    assert_eq!(exec.wait("exec to give up").code(), Some(125));
+    assert!(server.instances("orders.cafe.local").is_empty());
+
+    let out = server.cli(&[
+        "exec",
+        "--service",
+        "nope.cafe.local",
+        "--id",
+        "i-1",
+        "--port",
+        "80",
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        err.trim_end(),
+        "error: --service: not found: service \"nope.cafe.local\" not found"
+    );
+}
+
+/// `meridian instance heartbeat`: accepted (table and JSON), revives an expired instance, and
+/// says in one line why a heartbeat is refused.
+#[test]
+fn instance_heartbeat_keeps_ttl_instances_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.ok(&["namespace", "create", "cafe.local"]);
+    server.ok(&[
+        "service",
+        "create",
+        "orders.cafe.local",
+        "--check",
+        "ttl:1s",
+    ]);
+    server.ok(&["service", "create", "web.cafe.local"]);
+    for (service, id) in [("orders.cafe.local", "i-1"), ("web.cafe.local", "w-1")] {
+        server.ok(&[
+            "instance",
+            "register",
+            service,
+            id,
+            "--address",
+            "127.0.0.1",
+            "--port",
+            "8081",
+        ]);
+    }
+
+    let line = server.ok(&["instance", "heartbeat", "orders.cafe.local", "i-1"]);
+    assert!(
+        line.starts_with(
+            "heartbeat of i-1.orders.cafe.local accepted: healthy (ttl 1000 ms, revision "
+        ),
+        "{line}"
+    );
+    let beat: Value = serde_json::from_str(&server.ok(&[
+        "instance",
+        "heartbeat",
+        "orders.cafe.local",
+        "i-1",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(beat["ttl_ms"], 1000);
+    assert_eq!(beat["health"], "healthy");
+    assert!(beat["revision"].as_u64().unwrap() > 0);
+
+    // Silence: the TTL expires. One heartbeat revives it.
+    wait_for("the TTL to expire", Duration::from_secs(20), || {
+        server.instances("orders.cafe.local")[0]["health"] == "unhealthy"
+    });
+    server.ok(&["instance", "heartbeat", "orders.cafe.local", "i-1"]);
+    wait_for(
+        "the heartbeat to revive it",
+        Duration::from_secs(20),
+        || server.instances("orders.cafe.local")[0]["health"] == "healthy",
+    );
+
+    assert_eq!(
+        server.fails(&["instance", "heartbeat", "orders.cafe.local", "i-9"]),
+        "error: not found: instance \"i-9.orders.cafe.local\" not found"
+    );
+    let err = server.fails(&["instance", "heartbeat", "web.cafe.local", "w-1"]);
+    assert!(
+        err.starts_with("error: failed precondition: service web.cafe.local has no TTL check"),
+        "{err}"
+    );
+}
+
+/// `meridian watch --json`: one JSON object per line, a full state first, then each change;
+/// `--from` resumes after a revision.
+#[test]
+fn watch_json_prints_one_object_per_line() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.ok(&["namespace", "create", "cafe.local"]);
+    server.ok(&["service", "create", "orders.cafe.local"]);
+    let register = |id: &str| {
+        let out = server.ok(&[
+            "instance",
+            "register",
+            "orders.cafe.local",
+            id,
+            "--address",
+            "127.0.0.1",
+            "--port",
+            "8081",
+            "--attr",
+            "version=v1",
+            "--json",
+        ]);
+        serde_json::from_str::<Value>(&out).unwrap()["revision"]
+            .as_u64()
+            .unwrap()
+    };
+    let first = register("i-1");
+
+    // Lines arrive on a thread; the test reads them with patience, never blocking forever.
+    let lines = |from: u64| {
+        let mut watcher = Group::spawn(
+            Command::new(BIN)
+                .args(["watch", "orders.cafe.local", "--json", "--from"])
+                .arg(from.to_string())
+                .env("MERIDIAN_ADDR", &server.url)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+        );
+        let stdout = watcher.child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        (watcher, rx)
+    };
+    let next = |rx: &std::sync::mpsc::Receiver<String>| -> Value {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a line from meridian watch");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not one JSON object: {line:?}: {e}"))
+    };
+
+    let (_watcher, rx) = lines(0);
+    let snapshot = next(&rx);
+    assert_eq!(snapshot["type"], "snapshot");
+    assert_eq!(snapshot["reason"], "initial");
+    assert_eq!(snapshot["complete"], true);
+    assert_eq!(
+        snapshot["services"],
+        serde_json::json!(["orders.cafe.local"])
+    );
+    assert_eq!(snapshot["instances"][0]["id"], "i-1");
+
+    let second = register("i-2");
+    let added = next(&rx);
+    assert_eq!(added["type"], "instance_added");
+    assert_eq!(added["revision"], second);
+    assert_eq!(added["service"], "orders.cafe.local");
+    assert_eq!(added["instance"]["id"], "i-2");
+    assert_eq!(added["instance"]["attributes"]["version"], "v1");
+
+    server.ok(&[
+        "instance",
+        "set-health",
+        "orders.cafe.local",
+        "i-2",
+        "unhealthy",
+    ]);
+    let updated = next(&rx);
+    assert_eq!(updated["type"], "instance_updated");
+    assert_eq!(updated["instance"]["health"], "unhealthy");
+
+    server.ok(&["instance", "deregister", "orders.cafe.local", "i-1"]);
+    let removed = next(&rx);
+    assert_eq!(removed["type"], "instance_removed");
+    assert_eq!(removed["instance"]["id"], "i-1");
+
+    // Resume after the first registration: the same three changes, and no full state.
+    let (_resumed, rx) = lines(first);
+    let kinds: Vec<String> = (0..3)
+        .map(|_| next(&rx)["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["instance_added", "instance_updated", "instance_removed"]
+    );
+}

@@ -7,7 +7,8 @@ use meridian_proto::v1::registry_server::Registry as RegistryApi;
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use super::error::{heartbeat_status, registry_status, status};
+use super::error::{registry_status, status};
+use super::forward::Forwarder;
 use super::{Rooms, watch};
 use crate::registry::{Command, Outcome};
 use crate::replica::{Replica, View};
@@ -16,6 +17,8 @@ use crate::replica::{Replica, View};
 pub struct RegistryService {
     replica: Replica,
     rooms: Rooms,
+    /// Relays heartbeats from a follower to the leader.
+    forwarder: Forwarder,
     /// State of the xorshift generator that shuffles discovery answers. Not cryptographic:
     /// it only spreads load across instances, as Cloud Map's random order does.
     shuffle: AtomicU64,
@@ -35,6 +38,7 @@ impl RegistryService {
         Self {
             replica,
             rooms,
+            forwarder: Forwarder::default(),
             shuffle: AtomicU64::new(seed),
         }
     }
@@ -80,20 +84,12 @@ impl RegistryApi for RegistryService {
     }
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Reply<pb::HeartbeatResponse> {
-        let req = req.into_inner();
-        let service = convert::service_name("service", &req.service).map_err(registry_status)?;
-        let id = convert::instance_id("id", &req.id).map_err(registry_status)?;
-        let accepted = self
-            .rooms
-            .health
-            .heartbeat(service, id)
-            .await
-            .map_err(heartbeat_status)?;
-        Ok(Response::new(pb::HeartbeatResponse {
-            ttl_ms: accepted.ttl_ms,
-            health: convert::health_pb(accepted.health) as i32,
-            revision: accepted.revision,
-        }))
+        // Any node takes heartbeats: a follower relays them to the leader (`forward.rs`).
+        let answer = self
+            .forwarder
+            .heartbeat(&self.replica, &self.rooms.health, req)
+            .await?;
+        Ok(Response::new(answer))
     }
 
     async fn create_namespace(

@@ -28,11 +28,13 @@ pub(super) async fn run(addr: &str, json: bool, command: Command) -> Outcome {
             cluster_status(ClusterClient::new(channel), json).await
         }
         Command::Cluster(c) => cluster_change(ClusterClient::new(channel), json, c).await,
-        Command::Dev(_) | Command::Server(_) => Err("not a client command".into()),
+        Command::Dev(_) | Command::Server(_) | Command::Exec(_) => {
+            Err("not a client command".into())
+        }
     }
 }
 
-async fn connect(addr: &str) -> Result<Channel, String> {
+pub(super) async fn connect(addr: &str) -> Result<Channel, String> {
     let endpoint = Endpoint::from_shared(addr.to_owned())
         .map_err(|e| format!("--addr: {addr:?} is not a URL ({e})"))?
         .connect_timeout(std::time::Duration::from_secs(3));

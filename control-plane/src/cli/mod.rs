@@ -6,6 +6,7 @@
 //! non-zero with a one-line reason on error.
 
 mod client;
+mod exec;
 mod output;
 mod parse;
 mod server;
@@ -58,6 +59,8 @@ enum Command {
     /// Inspect the cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Run a program and keep it registered while it lives (deregistered when it exits).
+    Exec(ExecArgs),
 }
 
 #[derive(Debug, Args)]
@@ -259,6 +262,28 @@ struct WatchArgs {
 }
 
 #[derive(Debug, Args)]
+struct ExecArgs {
+    /// SERVICE.NAMESPACE to register the program in.
+    #[arg(long)]
+    service: String,
+    /// Instance id, a DNS label (i-1).
+    #[arg(long)]
+    id: String,
+    /// The program's port: it is registered once this port accepts TCP connections.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    port: u16,
+    /// The address to register (and to probe the port on).
+    #[arg(long, default_value = "127.0.0.1")]
+    address: std::net::IpAddr,
+    /// Attribute KEY=VALUE (repeatable); `version` selects subsets.
+    #[arg(long = "attr", value_parser = parse::key_value)]
+    attributes: Vec<(String, String)>,
+    /// The program and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
 struct DiscoverArgs {
     /// SERVICE.NAMESPACE.
     service: String,
@@ -343,11 +368,11 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Dev(args) => server::dev(args).await,
             Command::Server(args) => server::server(args).await,
+            // Exits with the program's code, so it reports its own failures.
+            Command::Exec(args) => return Ok(exec::run(&cli.addr, args).await),
             command => client::run(&cli.addr, cli.json, command).await,
         }
+        .map(|()| ExitCode::SUCCESS)
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => output::fail(&e),
-    }
+    result.unwrap_or_else(|e| output::fail(&e))
 }

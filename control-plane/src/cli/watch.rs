@@ -76,9 +76,16 @@ fn print(json: bool, message: &pb::WatchResponse) {
                     .trim_start_matches("WATCH_EVENT_TYPE_")
                     .to_ascii_lowercase();
                 if json {
+                    // Every line names its service, whether it is about the service or one
+                    // of its instances.
+                    let service = event
+                        .service
+                        .as_ref()
+                        .map(|s| &s.name)
+                        .or(event.instance.as_ref().map(|i| &i.service));
                     output::json(&json!({
                         "revision": event.revision, "type": kind,
-                        "service": event.service.as_ref().map(|s| &s.name),
+                        "service": service,
                         "instance": event.instance.as_ref().map(instance_json),
                     }));
                     continue;

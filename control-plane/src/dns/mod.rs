@@ -8,7 +8,9 @@
 //!   with a few precomputed shuffles;
 //! - [`wire`]: the hot-path wire format: parse a query, write a reply around cached bytes;
 //! - [`respond`]: [`respond::Responder`], one query in, one reply out, with the cache;
-//! - `server`: UDP workers and TCP connections; `forward`: the optional recursor.
+//! - `server`: starts the transports and reports how they end; TCP connections;
+//! - `udp`: dedicated UDP threads, batched (`recvfrom` drain + one `sendmmsg`);
+//! - `forward`: the optional recursor.
 //!
 //! # Rules of this room
 //! Read-only over the published [`crate::replica::View`]: stale reads, never Raft, never a
@@ -21,30 +23,41 @@
 //! revision moves, so they are encoded once (with hickory-proto, which we trust for record
 //! encoding and name compression) and a query costs a parse of the header and question, two
 //! or three map lookups to validate the cached answer, and a copy. hickory-server has no
-//! hook for sending pre-encoded bytes, hence our own ~200-line UDP/TCP loop (`server.rs`)
-//! and bounds-checked query parser (`wire.rs`). The resolver side of the tests uses
+//! hook for sending pre-encoded bytes, hence our own UDP threads (`udp.rs`), TCP loop
+//! (`server.rs`) and bounds-checked query parser (`wire.rs`). The resolver side of the tests uses
 //! hickory-resolver and BIND's `dig`, so both ends are checked against independent code.
 //!
 //! # Caching and freshness
 //! Each worker caches encoded answers per (name, type) with the [`resolve::Scope`] they
 //! were built in: the service's `(create_revision, mod_revision)`, or the namespace's for
-//! names of no service. Every query recomputes the scope from the current view; a change
-//! rebuilds just that answer. So an answer is never staler than the local replica, and a
-//! busy service never invalidates the others' answers.
+//! names of no service, and the registry revision at which that scope was last checked.
+//! While the registry's revision stays put, a hit costs one hash lookup and a copy; once it
+//! moves, each cached name's scope is recomputed from the current view on its next query,
+//! and only a changed scope rebuilds the answer. So an answer is never staler than the view
+//! it is served from, and a busy service never invalidates the others' answers. A UDP
+//! thread takes a new view (one atomic load to notice it) once per batch of datagrams.
+//!
+//! # Threads
+//! UDP is served by dedicated OS threads, one per core the process may use (the affinity
+//! mask counts: pinned to one core, one thread), outside the runtime that runs Raft and
+//! gRPC: at 100k+ queries/s the cost is syscalls and wake-ups, which batching cuts (numbers
+//! in BENCHMARKS.md). They stop within `udp::POLL` of cancellation; a thread that fails or
+//! panics makes [`serve`] return an error, which the node reports.
 
 pub mod answer;
 mod forward;
 pub mod resolve;
 pub mod respond;
 mod server;
+mod udp;
 pub mod wire;
 
 #[cfg(test)]
 mod tests;
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 
 pub use server::serve;
 
@@ -77,9 +90,15 @@ pub enum DnsError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// A transport task ended without being asked to.
+    /// A transport task or thread ended without being asked to (or panicked).
     #[error("a DNS transport task stopped unexpectedly")]
     Stopped,
+    /// A UDP thread could not be started.
+    #[error("cannot start a DNS UDP thread: {0}")]
+    Thread(std::io::Error),
+    /// A UDP thread failed (its socket could not be set up).
+    #[error("DNS UDP thread failed: {0}")]
+    Udp(std::io::Error),
     /// A transport task panicked.
     #[error("DNS task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -100,14 +119,15 @@ impl Default for DnsConfig {
 // === functions ===
 
 /// Binds UDP and TCP on the same address. With port 0, UDP picks a free port and TCP takes
-/// the same one (retrying a few times if that port is taken for TCP).
+/// the same one (retrying a few times if that port is taken for TCP). The UDP socket is a
+/// blocking std socket: it is served by dedicated threads, not by the runtime.
 pub async fn bind(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> {
     let bind_err = |source| DnsError::Bind { addr, source };
     // Eight tries: a port free for UDP is almost always free for TCP too.
     let tries = if addr.port() == 0 { 8 } else { 1 };
     let mut last = None;
     for _ in 0..tries {
-        let udp = UdpSocket::bind(addr).await.map_err(bind_err)?;
+        let udp = UdpSocket::bind(addr).map_err(bind_err)?;
         let bound = udp.local_addr().map_err(bind_err)?;
         match TcpListener::bind(bound).await {
             Ok(tcp) => return Ok((udp, tcp)),

@@ -1,14 +1,17 @@
 //! [`Responder`]: one query in, one reply out, over a registry snapshot. No sockets.
 //!
 //! Each transport worker owns a `Responder` and its answer cache (no lock is shared between
-//! workers). A cached answer is keyed by (name, type) and carries the [`Scope`] it was built
-//! in; on every query the name's current scope is computed from the snapshot (two or three
-//! map lookups), and a differing scope means the service (or namespace) changed since: the
-//! answer is rebuilt. So a busy service never invalidates answers about the others.
+//! workers). A cached answer is keyed by the question name, lower-cased in wire form, and
+//! type, and carries the [`Scope`] it was built in and the registry revision at which that
+//! scope was last checked. While the registry's revision is unchanged, a hit is served as
+//! is: no name conversion, no map lookup in the registry. Once the revision moves, the
+//! name's current scope is computed from the snapshot (two or three map lookups) the next
+//! time it is asked, and a differing scope means the service (or namespace) changed since:
+//! the answer is rebuilt. So a busy service never invalidates answers about the others,
+//! and an answer is never staler than the snapshot it is served from.
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
-use std::fmt::Write as _;
 use std::hash::BuildHasher;
 
 use hickory_proto::op::ResponseCode;
@@ -47,12 +50,20 @@ pub enum Action {
 }
 
 /// Answers queries from registry snapshots, with a cache of encoded answers.
+///
+/// Freshness relies on one property of the registries handed to one responder: they come
+/// from one history (one node's replica), in which a revision names one state.
 #[derive(Debug)]
 pub struct Responder {
     max_answers: usize,
     forward: bool,
     use_cache: bool,
-    cache: HashMap<String, Entry>,
+    /// Keyed by [`Query::write_cache_key`]: the lower-cased wire name and the type.
+    cache: HashMap<Box<[u8]>, Entry>,
+    /// Scratch for the cache key of the current query.
+    wire_key: Vec<u8>,
+    /// Scratch for the dotted name (`orders.cafe.local`), built only when the registry
+    /// must be consulted.
     key: String,
     rotation: usize,
     seed: u64,
@@ -61,6 +72,8 @@ pub struct Responder {
 #[derive(Debug)]
 struct Entry {
     scope: Scope,
+    /// The registry revision at which `scope` was last found current.
+    checked: u64,
     encoded: Encoded,
 }
 
@@ -74,7 +87,8 @@ impl Responder {
             forward: config.recursor.is_some(),
             use_cache: config.cache,
             cache: HashMap::new(),
-            key: String::with_capacity(64),
+            wire_key: Vec::with_capacity(260),
+            key: String::with_capacity(256),
             rotation: 0,
             // Per-process random seed for the shuffles (std's hasher keys are random).
             seed: RandomState::new().hash_one(0u8),
@@ -112,63 +126,96 @@ impl Responder {
             _ => {}
         }
 
-        query.write_key(&mut self.key);
-        let name_len = self.key.len();
-        let scope = resolve::scope(registry, &self.key);
-        if scope == Scope::Outside {
-            return if self.forward {
-                Action::Forward
-            } else {
-                refuse(out, Rcode::Refused)
-            };
+        query.write_cache_key(&mut self.wire_key);
+        let revision = registry.revision();
+        // The hot path: one hash lookup, one comparison, one copy.
+        if self.use_cache
+            && let Some(entry) = self.cache.get(self.wire_key.as_slice())
+            && entry.checked == revision
+        {
+            let rotation = self.rotation;
+            self.rotation = rotation.wrapping_add(1);
+            return reply(entry, rotation, &query, transport, out);
         }
-        let _ = write!(self.key, "/{}", query.qtype);
-        let fresh = self.use_cache
-            && self
-                .cache
-                .get(self.key.as_str())
-                .is_some_and(|e| e.scope == scope);
-        if !fresh {
-            let name = &self.key[..name_len];
-            let resolution = resolve::resolve(registry, name, qtype);
-            self.seed = answer::splitmix64(&mut self.seed);
-            match answer::encode(name, qtype, &resolution, self.max_answers, self.seed) {
-                Ok(encoded) => {
-                    if self.cache.len() >= CACHE_CAPACITY || !self.use_cache {
-                        self.cache.clear();
+        {
+            query.write_key(&mut self.key);
+            let scope = resolve::scope(registry, &self.key);
+            if scope == Scope::Outside {
+                return if self.forward {
+                    Action::Forward
+                } else {
+                    refuse(out, Rcode::Refused)
+                };
+            }
+            let current = self.use_cache
+                && match self.cache.get_mut(self.wire_key.as_slice()) {
+                    Some(e) if e.scope == scope => {
+                        e.checked = revision;
+                        true
                     }
-                    self.cache
-                        .insert(self.key.clone(), Entry { scope, encoded });
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot answer");
-                    return refuse(out, Rcode::ServFail);
+                    _ => false,
+                };
+            if !current {
+                let resolution = resolve::resolve(registry, &self.key, qtype);
+                self.seed = answer::splitmix64(&mut self.seed);
+                match answer::encode(&self.key, qtype, &resolution, self.max_answers, self.seed) {
+                    Ok(encoded) => {
+                        if self.cache.len() >= CACHE_CAPACITY || !self.use_cache {
+                            self.cache.clear();
+                        }
+                        let entry = Entry {
+                            scope,
+                            checked: revision,
+                            encoded,
+                        };
+                        self.cache.insert(self.wire_key.as_slice().into(), entry);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot answer");
+                        return refuse(out, Rcode::ServFail);
+                    }
                 }
             }
         }
-        let Some(entry) = self.cache.get(self.key.as_str()) else {
+        let Some(entry) = self.cache.get(self.wire_key.as_slice()) else {
             return refuse(out, Rcode::ServFail);
         };
-        let orders = &entry.encoded.orders;
-        let Some(tail) = orders.get(self.rotation % orders.len().max(1)) else {
-            return refuse(out, Rcode::ServFail);
-        };
-        self.rotation = self.rotation.wrapping_add(1);
-        let rcode = if entry.encoded.rcode == ResponseCode::NXDomain {
-            Rcode::NxDomain
-        } else {
-            Rcode::NoError
-        };
-        write_answer(out, &query, rcode, tail.counts, &tail.bytes);
-        let limit = match transport {
-            Transport::Udp => query.udp_limit(),
-            Transport::Tcp => usize::from(u16::MAX),
-        };
-        if out.len() > limit {
-            // Not all records fit: TC with the question only; the client retries over TCP
-            // (RFC 2181 §9, RFC 7766), which carries the whole answer.
-            write_empty(out, Some(&query), packet, rcode, true);
-        }
-        Action::Reply
+        let rotation = self.rotation;
+        self.rotation = rotation.wrapping_add(1);
+        reply(entry, rotation, &query, transport, out)
     }
+}
+
+// === functions ===
+
+/// Writes the reply for `query` from a cached `entry` into `out`, the `rotation`-th of its
+/// precomputed orders; truncated (TC, question only) if it exceeds the transport's limit.
+fn reply(
+    entry: &Entry,
+    rotation: usize,
+    query: &Query<'_>,
+    transport: Transport,
+    out: &mut Vec<u8>,
+) -> Action {
+    let orders = &entry.encoded.orders;
+    let rcode = if entry.encoded.rcode == ResponseCode::NXDomain {
+        Rcode::NxDomain
+    } else {
+        Rcode::NoError
+    };
+    let Some(tail) = orders.get(rotation % orders.len().max(1)) else {
+        write_empty(out, Some(query), query.packet, Rcode::ServFail, false);
+        return Action::Reply;
+    };
+    write_answer(out, query, rcode, tail.counts, &tail.bytes);
+    let limit = match transport {
+        Transport::Udp => query.udp_limit(),
+        Transport::Tcp => usize::from(u16::MAX),
+    };
+    if out.len() > limit {
+        // Not all records fit: TC with the question only; the client retries over TCP
+        // (RFC 2181 §9, RFC 7766), which carries the whole answer.
+        write_empty(out, Some(query), query.packet, rcode, true);
+    }
+    Action::Reply
 }

@@ -1,22 +1,25 @@
-//! The transports: UDP workers and a TCP listener, each feeding a [`Responder`].
+//! The transports: UDP threads and a TCP listener, each feeding a [`Responder`].
 //!
-//! UDP: a few workers share one socket, each looping receive → respond → send with its own
-//! responder and cache (no shared lock). TCP (RFC 7766): one task per connection, length-
-//! prefixed messages, pipelined queries answered in order, closed after [`TCP_IDLE`] of
-//! silence; at most [`MAX_TCP_CONNECTIONS`] at once, further ones are closed at accept.
-//! Every task lives in a `JoinSet` and ends with the server's cancellation token.
+//! UDP: dedicated OS threads (`udp.rs`), one per core this process may run on (at most
+//! [`MAX_UDP_THREADS`]), sharing one socket, each with its own responder and cache (no shared
+//! lock). TCP (RFC 7766): one task per connection, length-prefixed messages, pipelined queries
+//! answered in order, closed after [`TCP_IDLE`] of silence; at most [`MAX_TCP_CONNECTIONS`] at
+//! once, further ones are closed at accept. Every thread and task is tracked, ends with the
+//! server's cancellation token, and reports how it ended to [`serve`], hence to the node.
 
-use std::net::SocketAddr;
+use std::net::UdpSocket;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::respond::{Action, Responder, Transport};
+use super::udp::UdpThread;
 use super::wire::{HEADER_LEN, Rcode, write_empty};
 use super::{DnsConfig, DnsError, forward};
 use crate::replica::Replica;
@@ -25,12 +28,14 @@ use crate::replica::Replica;
 pub(crate) const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Most concurrent TCP connections.
 pub(crate) const MAX_TCP_CONNECTIONS: usize = 256;
-/// Most forwarded queries in flight per UDP worker; beyond, SERVFAIL at once.
+/// Most forwarded queries in flight per UDP thread; beyond, SERVFAIL at once.
 pub(crate) const MAX_FORWARDS_IN_FLIGHT: usize = 64;
-/// Largest UDP datagram we read; bigger ones are truncated by the kernel and then rejected.
-const UDP_BUFFER: usize = 4096;
+/// Most UDP threads: past a few, one socket's queue is the bottleneck, not the threads.
+pub(crate) const MAX_UDP_THREADS: usize = 4;
 
-/// Serves DNS on `udp` and `tcp` until `shutdown` is cancelled.
+/// Serves DNS on `udp` and `tcp` until `shutdown` is cancelled. Returns an error if a
+/// transport stops on its own (a failed thread start, a panic): the node treats that as the
+/// DNS room failing.
 pub async fn serve(
     udp: UdpSocket,
     tcp: TcpListener,
@@ -46,89 +51,82 @@ pub async fn serve(
         config.cache = false;
     }
     let config = Arc::new(config);
+    // Our own token, so that a failing transport can stop the others without touching the
+    // node's.
+    let stop = shutdown.child_token();
     let mut tasks = JoinSet::new();
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
-    for worker in 0..workers {
-        let (udp, replica, config) = (Arc::clone(&udp), replica.clone(), Arc::clone(&config));
+    // `available_parallelism` honours the CPU affinity mask: pinned to one core, one thread.
+    let threads =
+        std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, MAX_UDP_THREADS));
+    let mut started = Ok(());
+    for worker in 0..threads {
+        let thread = UdpThread {
+            socket: Arc::clone(&udp),
+            views: replica.subscribe(),
+            config: Arc::clone(&config),
+            stop: stop.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        match spawn_udp_thread(worker, thread) {
+            Ok(done) => {
+                tasks.spawn(done);
+            }
+            Err(e) => {
+                started = Err(e);
+                break;
+            }
+        }
+    }
+    if started.is_ok() {
         tasks.spawn(
-            udp_worker(udp, replica, config).instrument(tracing::debug_span!("dns_udp", worker)),
+            tcp_acceptor(tcp, replica, Arc::clone(&config), stop.clone())
+                .instrument(tracing::debug_span!("dns_tcp")),
         );
     }
-    tasks.spawn(
-        tcp_acceptor(tcp, replica, Arc::clone(&config), shutdown.child_token())
-            .instrument(tracing::debug_span!("dns_tcp")),
-    );
-    tokio::select! {
-        biased;
-        _ = shutdown.cancelled() => {}
-        Some(done) = tasks.join_next() => {
-            tasks.shutdown().await;
-            done??;
-            // The TCP acceptor also watches the token: ending because of shutdown is fine.
-            // Anything else ending on its own is an error (they loop until cancelled).
-            if !shutdown.is_cancelled() {
-                return Err(DnsError::Stopped);
-            }
-        }
-    }
-    tasks.shutdown().await;
-    Ok(())
+    let result = match started {
+        Err(e) => Err(e),
+        Ok(()) => tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => Ok(()),
+            Some(done) = tasks.join_next() => match done {
+                Err(e) => Err(DnsError::Join(e)),
+                Ok(Err(e)) => Err(e),
+                // The TCP acceptor also watches the token: ending because of shutdown is
+                // fine. Anything else ending on its own is an error (they loop until
+                // cancelled).
+                Ok(Ok(())) if shutdown.is_cancelled() => Ok(()),
+                Ok(Ok(())) => Err(DnsError::Stopped),
+            },
+        },
+    };
+    // Stop everything and wait for it: threads notice within `udp::POLL`.
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    result
 }
 
-async fn udp_worker(
-    socket: Arc<UdpSocket>,
-    replica: Replica,
-    config: Arc<DnsConfig>,
-) -> Result<(), DnsError> {
-    let mut responder = Responder::new(&config);
-    let mut buf = vec![0u8; UDP_BUFFER];
-    let mut out = Vec::with_capacity(usize::from(super::wire::MAX_UDP_PAYLOAD));
-    let mut forwards: JoinSet<()> = JoinSet::new();
-    loop {
-        let (len, peer) = match socket.recv_from(&mut buf).await {
-            Ok(got) => got,
-            Err(e) => {
-                // ICMP errors of earlier sends surface here on some systems: not fatal.
-                tracing::trace!(error = %e, "udp receive");
-                continue;
-            }
-        };
-        let packet = &buf[..len];
-        let view = replica.current();
-        match responder.respond(&view.registry, packet, Transport::Udp, &mut out) {
-            Action::Reply => send(&socket, &out, peer).await,
-            Action::Drop => {}
-            Action::Forward => {
-                while forwards.try_join_next().is_some() {}
-                let Some(upstream) = config.recursor else {
-                    continue;
-                };
-                if forwards.len() >= MAX_FORWARDS_IN_FLIGHT {
-                    write_empty(&mut out, None, packet, Rcode::ServFail, false);
-                    send(&socket, &out, peer).await;
-                    continue;
-                }
-                let (socket, query) = (Arc::clone(&socket), packet.to_vec());
-                forwards.spawn(
-                    async move {
-                        let reply = forward::udp(upstream, &query).await.unwrap_or_else(|| {
-                            let mut out = Vec::new();
-                            write_empty(&mut out, None, &query, Rcode::ServFail, false);
-                            out
-                        });
-                        send(&socket, &reply, peer).await;
-                    }
-                    .in_current_span(),
-                );
-            }
+/// Starts one UDP thread; the returned future resolves when it has ended.
+fn spawn_udp_thread(
+    worker: usize,
+    thread: UdpThread,
+) -> Result<impl Future<Output = Result<(), DnsError>> + Send + 'static, DnsError> {
+    let (done, ended) = oneshot::channel();
+    let span = tracing::debug_span!("dns_udp", worker);
+    std::thread::Builder::new()
+        .name(format!("dns-udp-{worker}"))
+        .spawn(move || {
+            let result = span.in_scope(|| thread.run());
+            let _ = done.send(result);
+        })
+        .map_err(DnsError::Thread)?;
+    Ok(async move {
+        match ended.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(DnsError::Udp(e)),
+            // The thread went away without a word: it panicked.
+            Err(_) => Err(DnsError::Stopped),
         }
-    }
-}
-
-async fn send(socket: &UdpSocket, bytes: &[u8], peer: SocketAddr) {
-    if let Err(e) = socket.send_to(bytes, peer).await {
-        tracing::trace!(error = %e, %peer, "udp send");
-    }
+    })
 }
 
 async fn tcp_acceptor(

@@ -137,6 +137,15 @@ impl<'a> Query<'a> {
         usize::from(size)
     }
 
+    /// Writes the question name lower-cased, in wire form, then the question type: the
+    /// answer cache's key. No allocation once `key` has grown, no conversion to text (length
+    /// bytes are below 64, so lower-casing leaves them alone).
+    pub fn write_cache_key(&self, key: &mut Vec<u8>) {
+        key.clear();
+        key.extend(self.qname().iter().map(u8::to_ascii_lowercase));
+        key.extend_from_slice(&self.qtype.to_be_bytes());
+    }
+
     /// Writes the question name as a lower-case dotted key (no trailing dot) into `key`.
     /// Bytes that cannot appear in a registry name become `?`, which matches nothing, so
     /// such names fall through to NXDOMAIN (or REFUSED) without aliasing a real one.

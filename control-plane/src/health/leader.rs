@@ -20,7 +20,7 @@ use crate::registry::{
     CheckKind, Command, HealthCheck, HealthStatus, Instance, Registry, RegistryError,
 };
 use crate::replica::{Replica, View};
-use crate::watch::{EventKind, diff};
+use crate::watch::{EventKind, changes_since};
 
 /// The health task's state while this node leads, for one term.
 pub(super) struct Leader {
@@ -29,6 +29,8 @@ pub(super) struct Leader {
     term: u64,
     views: watch::Receiver<View>,
     registry: Arc<Registry>,
+    /// The applied index of the view `registry` came from (`None`: not from a view).
+    seen: Option<u64>,
     tracked: HashMap<Key, Tracked>,
     /// Deadlines to look at, earliest first. Entries are hints: each is checked against the
     /// instance's current state when due (a heartbeat moves a deadline without touching this).
@@ -64,7 +66,7 @@ struct Tracked {
 impl Leader {
     pub(super) fn new(replica: &Replica, config: HealthConfig, term: u64) -> Self {
         let mut views = replica.subscribe();
-        let registry = Arc::clone(&views.borrow_and_update().registry);
+        let view = views.borrow_and_update().clone();
         let (verdict_tx, verdicts) = mpsc::channel(1024);
         let mut this = Self {
             replica: replica.clone(),
@@ -72,6 +74,7 @@ impl Leader {
             term,
             views,
             registry: Arc::new(Registry::new()),
+            seen: None,
             tracked: HashMap::new(),
             timers: BinaryHeap::new(),
             probes: JoinSet::new(),
@@ -80,8 +83,9 @@ impl Leader {
             writes: JoinSet::new(),
             generation: 0,
         };
-        // Everything is new to this leader: every instance starts with a fresh grace period.
-        this.take(registry);
+        // Everything is new to this leader (`seen` is None: compared with an empty registry):
+        // every instance starts with a fresh grace period.
+        this.take(view);
         tracing::info!(instances = this.tracked.len(), "tracking checked instances");
         this
     }
@@ -133,14 +137,16 @@ impl Leader {
 
     /// Applies the latest view, if it moved.
     fn catch_up(&mut self) {
-        let registry = Arc::clone(&self.views.borrow_and_update().registry);
-        self.take(registry);
+        let view = self.views.borrow_and_update().clone();
+        self.take(view);
     }
 
-    /// Brings the tracked set in line with `registry`, looking only at what changed.
-    fn take(&mut self, registry: Arc<Registry>) {
+    /// Brings the tracked set in line with `view`, looking only at what changed.
+    fn take(&mut self, view: View) {
         let now = Instant::now();
-        for changes in diff(&self.registry, &registry) {
+        let seen = self.seen.replace(view.applied_index);
+        let registry = Arc::clone(&view.registry);
+        for changes in changes_since(&self.registry, seen, &view) {
             let check = registry
                 .service(&changes.service)
                 .ok()

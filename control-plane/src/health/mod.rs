@@ -2,7 +2,7 @@
 //!
 //! # What it owns
 //! One task per node. While the node is a follower it only answers heartbeats with "not the
-//! leader". Once the node leads (it polls the Raft status), it tracks every instance of every
+//! leader" (the API then relays them to the leader: `api/forward.rs`). Once the node leads (it polls the Raft status), it tracks every instance of every
 //! service that has a check (`leader.rs`):
 //! - **TTL**: heartbeat times live in the leader's memory; a heartbeat is *not* a Raft write.
 //!   Only transitions are proposed: `SetHealth UNHEALTHY` when a TTL passes without a

@@ -39,6 +39,9 @@ pub struct GrpcTransport {
     feedback_rx: Mutex<std_mpsc::Receiver<Feedback>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// The node's runtime: peer tasks run there even when a peer is added from the Raft
+    /// driver's own thread.
+    runtime: tokio::runtime::Handle,
 }
 
 /// One peer's sending task.
@@ -56,8 +59,8 @@ struct Link {
 
 impl GrpcTransport {
     /// A transport for node `id` that knows `peers` (`(id, host:port)`; its own entry is
-    /// ignored). Peer tasks run until `shutdown` is cancelled; wait for them with
-    /// [`GrpcTransport::tasks`].
+    /// ignored). Peer tasks run on the calling runtime until `shutdown` is cancelled; wait
+    /// for them with [`GrpcTransport::tasks`]. Must be called within a tokio runtime.
     pub fn new(id: u64, peers: &[(u64, String)], shutdown: CancellationToken) -> Self {
         let (feedback_tx, feedback_rx) = std_mpsc::channel();
         let transport = Self {
@@ -67,6 +70,7 @@ impl GrpcTransport {
             feedback_rx: Mutex::new(feedback_rx),
             shutdown,
             tasks: TaskTracker::new(),
+            runtime: tokio::runtime::Handle::current(),
         };
         for (peer, address) in peers {
             transport.add_peer(*peer, address);
@@ -140,7 +144,8 @@ impl Transport for GrpcTransport {
             tasks: self.tasks.clone(),
         };
         let span = tracing::info_span!("peer", from = self.id, to = id, address);
-        self.tasks.spawn(link.run().instrument(span));
+        self.tasks
+            .spawn_on(link.run().instrument(span), &self.runtime);
     }
 }
 

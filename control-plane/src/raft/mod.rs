@@ -170,8 +170,34 @@ pub fn start_with_transport<SM: StateMachine>(
     let (tx, rx) = mpsc::channel(config.max_batch);
     let driver = Driver::new(&config, node, sm, Box::new(transport), rx, snapshot_index);
     drop(entered);
-    let task = tokio::spawn(driver.run(shutdown).instrument(span));
+    let task = spawn_driver(driver.run(shutdown).instrument(span), config.id)?;
     Ok((RaftHandle::new(tx), task))
+}
+
+/// Runs the driver on its own OS thread (a current-thread runtime), so its blocking fsyncs
+/// never stall the runtime that serves clients: while the driver waits for the disk, requests
+/// keep arriving, are decoded and queue up — and become the next batch. On one core (or one
+/// tokio worker) the alternative degenerates to one proposal per fsync.
+fn spawn_driver(
+    driver: impl std::future::Future<Output = Result<(), RaftError>> + Send + 'static,
+    id: u64,
+) -> Result<JoinHandle<Result<(), RaftError>>, RaftError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RaftError::Config(format!("cannot build the driver runtime: {e}")))?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("raft-{id}"))
+        .spawn(move || {
+            let _ = done_tx.send(runtime.block_on(driver));
+        })
+        .map_err(|e| RaftError::Config(format!("cannot start the driver thread: {e}")))?;
+    Ok(tokio::spawn(async move {
+        done_rx
+            .await
+            .unwrap_or_else(|_| Err(RaftError::Config("the driver thread panicked".into())))
+    }))
 }
 
 // === impl NoPeers ===

@@ -4,6 +4,7 @@
 //! - [`names`]: validation of every user-supplied field (DNS names, addresses, ports,
 //!   attributes), one typed error per field;
 //! - [`model`]: namespaces, services, instances and their health;
+//! - [`change`]: the change feed (what each command changed, for watchers);
 //! - [`command`]: the replicated commands (each starts with a type tag) and their outcomes;
 //! - [`state`]: [`Registry`], `apply(index, command)`, revisions, snapshot and restore;
 //! - [`discover`]: the pure filtering behind `DiscoverInstances`.
@@ -17,6 +18,7 @@
 //! Readers get the registry as an immutable value (`Arc<Registry>`); cloning it is cheap
 //! because namespaces, services and instances are shared behind `Arc`s and copied on write.
 
+pub mod change;
 pub mod command;
 pub mod discover;
 pub mod error;
@@ -27,6 +29,7 @@ pub mod state;
 #[cfg(test)]
 mod tests;
 
+pub use change::{Change, ChangeKind};
 pub use command::{Command, InstanceSpec, Outcome, ServiceSpec};
 pub use discover::{DiscoverQuery, HealthFilter};
 pub use error::RegistryError;

@@ -1,7 +1,8 @@
 //! The registry's data: namespaces hold services, services hold instances.
 //!
-//! Children sit behind `Arc`s so that a published registry snapshot shares everything that a
-//! write did not touch (`Arc::make_mut` copies only the path from the root to the change).
+//! Children sit behind `Arc`s in persistent maps (`imbl::OrdMap`) so that a published registry
+//! snapshot shares everything a write did not touch: `Arc::make_mut` copies only the path from
+//! the root to the change, and inserting into a map of n entries copies O(log n) nodes, not n.
 //! Every object records the revision that created it and the one that last changed it; a
 //! service's `mod_revision` moves with any change to its instances, so a watcher of one
 //! service is woken by that service alone.
@@ -9,6 +10,8 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+
+use imbl::OrdMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -31,7 +34,7 @@ pub struct Namespace {
     /// Revision that last changed it or anything inside it.
     pub mod_revision: u64,
     /// Its services by label.
-    pub services: BTreeMap<String, Arc<Service>>,
+    pub services: OrdMap<String, Arc<Service>>,
 }
 
 /// A named set of instances, e.g. `orders` in `cafe.local`.
@@ -52,7 +55,7 @@ pub struct Service {
     /// Revision that last changed it, its instances or their health.
     pub mod_revision: u64,
     /// Its instances by id.
-    pub instances: BTreeMap<String, Arc<Instance>>,
+    pub instances: OrdMap<String, Arc<Instance>>,
 }
 
 /// One endpoint of a service.

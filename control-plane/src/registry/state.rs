@@ -4,9 +4,12 @@ use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 use std::sync::Arc;
 
+use imbl::OrdMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::RegistryError;
+use super::change::{Change, ChangeKind};
 use super::command::{Command, InstanceSpec, Outcome, ServiceSpec};
 use super::error::Kind;
 use super::model::{HealthStatus, Instance, Namespace, Service};
@@ -103,6 +106,69 @@ impl Registry {
         Ok(outcome)
     }
 
+    /// [`Registry::apply`], appending to `log` what the command changed (nothing if refused).
+    pub fn apply_logged(
+        &mut self,
+        index: u64,
+        command: &Command,
+        log: &mut Vec<Change>,
+    ) -> Result<Outcome, RegistryError> {
+        // What a removal takes away must be read before it is gone.
+        let removed_service = match command {
+            Command::DeleteService { name, .. } => self.service(name).ok().cloned(),
+            _ => None,
+        };
+        let removed_instance = match command {
+            Command::DeregisterInstance { service, id } => self.instance(service, id).ok().cloned(),
+            _ => None,
+        };
+        let outcome = self.apply(index, command)?;
+        let mut push = |service: &ServiceName, kind| {
+            log.push(Change {
+                revision: index,
+                service: service.clone(),
+                kind,
+            });
+        };
+        match (command, &outcome) {
+            (Command::CreateService(spec), Outcome::Service(created)) => {
+                push(&spec.name, ChangeKind::ServiceCreated(Arc::clone(created)));
+            }
+            (Command::DeleteService { name, .. }, _) => {
+                if let Some(service) = removed_service {
+                    for instance in service.instances.values() {
+                        push(name, ChangeKind::InstanceRemoved(Arc::clone(instance)));
+                    }
+                    push(name, ChangeKind::ServiceDeleted(service));
+                }
+            }
+            (
+                Command::RegisterInstance { service, .. },
+                Outcome::Instance { instance, replaced },
+            ) => {
+                let instance = Arc::clone(instance);
+                let kind = if *replaced {
+                    ChangeKind::InstanceUpdated(instance)
+                } else {
+                    ChangeKind::InstanceAdded(instance)
+                };
+                push(service, kind);
+            }
+            (Command::DeregisterInstance { service, .. }, _) => {
+                if let Some(instance) = removed_instance {
+                    push(service, ChangeKind::InstanceRemoved(instance));
+                }
+            }
+            (Command::SetHealth { service, .. }, Outcome::Instance { instance, .. })
+                if instance.mod_revision == index =>
+            {
+                push(service, ChangeKind::InstanceUpdated(Arc::clone(instance)));
+            }
+            _ => {}
+        }
+        Ok(outcome)
+    }
+
     /// The whole state, encoded. Byte-identical on every replica that applied the same log
     /// (maps are ordered, nothing depends on the clock or on hashing).
     pub fn snapshot(&self) -> Vec<u8> {
@@ -131,7 +197,7 @@ impl Registry {
                     description: description.to_owned(),
                     create_revision: index,
                     mod_revision: index,
-                    services: BTreeMap::new(),
+                    services: OrdMap::new(),
                 }));
                 Ok(Outcome::Namespace(Arc::clone(ns)))
             }
@@ -170,7 +236,7 @@ impl Registry {
             health_check: spec.health_check.clone(),
             create_revision: index,
             mod_revision: index,
-            instances: BTreeMap::new(),
+            instances: OrdMap::new(),
         });
         ns.services
             .insert(spec.name.service.clone(), Arc::clone(&service));

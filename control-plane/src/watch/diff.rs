@@ -5,10 +5,12 @@
 //! services that changed, not to the size of the registry. Instances of a changed service are
 //! compared by `mod_revision` (an `Arc` pointer check first).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::registry::{Instance, Namespace, Registry, Service, ServiceName};
+use std::collections::BTreeMap;
+
+use crate::registry::{Change, Namespace, Registry, Service, ServiceName};
+use crate::replica::View;
 
 /// One change, stamped with its revision.
 ///
@@ -25,20 +27,8 @@ pub struct Event {
     pub kind: EventKind,
 }
 
-/// The kinds of change a watcher sees.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EventKind {
-    /// A new instance.
-    InstanceAdded(Arc<Instance>),
-    /// An instance's health, address, port or attributes changed.
-    InstanceUpdated(Arc<Instance>),
-    /// An instance left; its last state.
-    InstanceRemoved(Arc<Instance>),
-    /// A new service (its instances follow as `InstanceAdded`).
-    ServiceCreated(Arc<Service>),
-    /// A service was deleted (after `InstanceRemoved` for each of its instances); its last state.
-    ServiceDeleted(Arc<Service>),
-}
+/// The kinds of change a watcher sees: the registry's change feed kinds.
+pub use crate::registry::ChangeKind as EventKind;
 
 /// The changes to one service between two snapshots, in the order they apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +39,36 @@ pub struct ServiceChanges {
     pub events: Vec<Event>,
 }
 
-type Services = BTreeMap<String, Arc<Service>>;
+type Services = imbl::OrdMap<String, Arc<Service>>;
+
+/// The changes from a registry a consumer holds (`old`, taken from the view with applied index
+/// `seen`; `None` if it did not come from a view) to the view `new`, per service in name
+/// order. While the view's feed reaches back to `seen` (readers may skip views), they come
+/// from the feed at a cost proportional to the changes; otherwise (far behind, or a restored
+/// snapshot in between) the two registries are compared.
+pub fn changes_since(old: &Registry, seen: Option<u64>, new: &View) -> Vec<ServiceChanges> {
+    match seen.and_then(|seen| new.changes_since(seen)) {
+        Some(feed) => from_feed(feed),
+        None => diff(old, &new.registry),
+    }
+}
+
+fn from_feed(feed: Vec<&Change>) -> Vec<ServiceChanges> {
+    let mut by_service: BTreeMap<&ServiceName, Vec<Event>> = BTreeMap::new();
+    for change in feed {
+        by_service.entry(&change.service).or_default().push(Event {
+            revision: change.revision,
+            kind: change.kind.clone(),
+        });
+    }
+    by_service
+        .into_iter()
+        .map(|(service, events)| ServiceChanges {
+            service: service.clone(),
+            events,
+        })
+        .collect()
+}
 
 /// Every service that differs between `old` and `new`, with its changes, in name order.
 pub fn diff(old: &Registry, new: &Registry) -> Vec<ServiceChanges> {
@@ -179,16 +198,4 @@ fn diff_instances(old: &Service, new: &Service) -> Vec<Event> {
     }
     events.sort_by_key(|e| e.revision);
     events
-}
-
-// === impl EventKind ===
-
-impl EventKind {
-    /// The instance this event is about, if any.
-    pub fn instance(&self) -> Option<&Arc<Instance>> {
-        match self {
-            Self::InstanceAdded(i) | Self::InstanceUpdated(i) | Self::InstanceRemoved(i) => Some(i),
-            Self::ServiceCreated(_) | Self::ServiceDeleted(_) => None,
-        }
-    }
 }

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::history::{Batch, History};
-use super::{Cmd, Msg, Scope, ServiceChanges, SnapshotReason, Update, WatchHandle, diff};
+use super::{Cmd, Msg, Scope, ServiceChanges, SnapshotReason, Update, WatchHandle, changes_since};
 use crate::registry::{Registry, ServiceName};
 use crate::replica::View;
 
@@ -30,6 +30,8 @@ pub struct Hub {
     cmds: mpsc::Receiver<Cmd>,
     unsubscribes: mpsc::UnboundedReceiver<u64>,
     current: Arc<Registry>,
+    /// The applied index of the view `current` came from.
+    seen: Option<u64>,
     history: History,
     watchers: HashMap<u64, Watcher>,
     all: HashSet<u64>,
@@ -64,7 +66,9 @@ impl Hub {
         let (cmd_tx, cmds) = mpsc::channel(1024);
         let (unsub_tx, unsubscribes) = mpsc::unbounded_channel();
         let current = Arc::clone(&views.borrow().registry);
+        let seen = Some(views.borrow().applied_index);
         let hub = Self {
+            seen,
             views,
             cmds,
             unsubscribes,
@@ -97,8 +101,8 @@ impl Hub {
                     if changed.is_err() {
                         break;
                     }
-                    let registry = Arc::clone(&self.views.borrow_and_update().registry);
-                    self.advance(registry);
+                    let view = self.views.borrow_and_update().clone();
+                    self.advance(view);
                 }
                 Some(id) = self.unsubscribes.recv() => self.remove(id),
                 Some(cmd) = self.cmds.recv() => self.command(cmd),
@@ -194,19 +198,20 @@ impl Hub {
     }
 
     /// Takes in a new view: diffs it against the last one, records and dispatches the changes.
-    fn advance(&mut self, registry: Arc<Registry>) {
+    fn advance(&mut self, view: View) {
         let from = self.current.revision();
-        let to = registry.revision();
+        let to = view.registry.revision();
+        let seen = self.seen.replace(view.applied_index);
         if to == from {
             // Only no-op entries were applied (or nothing): nothing for watchers.
-            self.current = registry;
+            self.current = view.registry;
             return;
         }
-        let changes: Vec<Arc<ServiceChanges>> = diff(&self.current, &registry)
+        let changes: Vec<Arc<ServiceChanges>> = changes_since(&self.current, seen, &view)
             .into_iter()
             .map(Arc::new)
             .collect();
-        self.current = registry;
+        self.current = view.registry;
         if changes.is_empty() {
             return;
         }

@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 
 use crate::registry::{Registry, ServiceName};
 
-pub use diff::{Event, EventKind, ServiceChanges, diff};
+pub use diff::{Event, EventKind, ServiceChanges, changes_since, diff};
 pub use hub::{Hub, HubConfig};
 
 /// Which part of the registry a watcher follows.

@@ -199,6 +199,7 @@ fn publish(tx: &watch::Sender<View>, registry: Arc<Registry>) {
     tx.send_replace(View {
         applied_index: registry.revision(),
         registry,
+        ..View::default()
     });
 }
 
@@ -311,4 +312,76 @@ async fn hub_answers_a_revision_older_than_its_history_with_a_compacted_full_sta
     );
     stop.cancel();
     task.await.unwrap();
+}
+
+/// The change feed and a comparison of snapshots tell the same story, command by command:
+/// registrations, re-registrations, health changes, deregistrations, forced service deletion
+/// and re-creation. (Watchers take the feed; they fall back to comparing when they skipped a
+/// view, so both must agree.)
+#[test]
+fn change_feed_matches_snapshot_comparison() {
+    use crate::registry::HealthStatus;
+
+    let mut log = Log::new();
+    let register = |id: &str, port: u16| Command::RegisterInstance {
+        service: svc("x.a.local"),
+        instance: InstanceSpec {
+            id: id.into(),
+            address: "127.0.0.1".parse().unwrap(),
+            port,
+            attributes: Default::default(),
+        },
+    };
+    let commands = vec![
+        register("i-1", 80),
+        register("i-2", 81),
+        register("i-1", 82),
+        Command::SetHealth {
+            service: svc("x.a.local"),
+            id: "i-2".into(),
+            health: HealthStatus::Unhealthy,
+        },
+        Command::SetHealth {
+            service: svc("x.a.local"),
+            id: "i-2".into(),
+            health: HealthStatus::Unhealthy,
+        },
+        Command::DeregisterInstance {
+            service: svc("x.a.local"),
+            id: "i-1".into(),
+        },
+        Command::DeleteService {
+            name: svc("x.a.local"),
+            force: true,
+        },
+        Command::CreateService(ServiceSpec {
+            name: svc("x.a.local"),
+            description: String::new(),
+            dns_ttl_seconds: 5,
+            health_check: None,
+        }),
+        Command::DeregisterInstance {
+            service: svc("x.a.local"),
+            id: "nope".into(),
+        },
+    ];
+    for command in commands {
+        let before = log.snapshot();
+        let mut feed = Vec::new();
+        log.index += 1;
+        let _ = log.registry.apply_logged(log.index, &command, &mut feed);
+        let batch = crate::replica::FeedBatch {
+            previous_index: log.index - 1,
+            applied_index: log.index,
+            changes: feed,
+        };
+        let view = View {
+            applied_index: log.index,
+            registry: log.snapshot(),
+            feed: imbl::Vector::unit(Arc::new(batch)),
+        };
+        let from_feed = changes_since(&before, Some(log.index - 1), &view);
+        let compared = changes_since(&before, None, &view);
+        assert_eq!(summary(&from_feed), summary(&compared), "{command:?}");
+    }
 }

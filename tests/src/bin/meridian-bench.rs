@@ -31,6 +31,8 @@ mod dns;
 mod load;
 #[path = "meridian-bench/servers.rs"]
 mod servers;
+#[path = "meridian-bench/watch.rs"]
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -112,6 +114,8 @@ struct Args {
 enum Scenario {
     Writes,
     Dns,
+    /// Registration → watchers on followers, 3-node Meridian vs 3-member etcd.
+    Watch,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -181,6 +185,16 @@ async fn run(args: Args, machine: String) -> Result<()> {
         .await;
     }
     let data_root = args.data_root.clone().unwrap_or_else(std::env::temp_dir);
+    if args.scenario == Scenario::Watch {
+        return watch::run(
+            &meridian_bin,
+            &args.etcd_bin,
+            &data_root,
+            args.pin,
+            &machine,
+        )
+        .await;
+    }
 
     let mut header = vec![
         format!("- machine: {machine}"),

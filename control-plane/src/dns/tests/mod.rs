@@ -1,8 +1,9 @@
 //! Unit tests of the DNS room: the pure name → records mapping and encoding here; the
 //! responder over in-memory packets (no sockets), forwarding and property tests over hostile
-//! bytes in `packets.rs`.
+//! bytes in `packets.rs`; the UDP threads over a loopback socket in `udp.rs`.
 
 mod packets;
+mod udp;
 
 use std::collections::BTreeMap;
 

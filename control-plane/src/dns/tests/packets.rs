@@ -15,7 +15,7 @@ use crate::registry::{Command, Registry};
 
 // === respond: packets in, packets out ===
 
-fn query_packet(id: u16, name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
+pub(super) fn query_packet(id: u16, name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
     let mut m = Message::new(id, MessageType::Query, OpCode::Query);
     m.metadata.recursion_desired = true;
     m.add_query(HQuery::query(Name::from_ascii(name).unwrap(), qtype));

@@ -7,6 +7,9 @@
 //! invalidated service by service: "from a live registry". Meridian runs with
 //! `--dns-max-answers` = [`INSTANCES`], so both servers return the same records.
 //! A second Meridian run with `MERIDIAN_DNS_NO_CACHE=1` shows what the answer cache buys.
+//! With `--pin`, each server runs alone on core 0 and dnsperf on core 1, so the figure is
+//! what one core of server does: Meridian's UDP threads follow the affinity mask (one
+//! thread on one core).
 //!
 //! dnsperf queries, round robin over the whole file: `svcN.bench.local A`,
 //! `_svcN._tcp.bench.local SRV` (with A additionals) and `i-K.svcN.bench.local A`.
@@ -80,7 +83,7 @@ pub(crate) async fn run(
     }
     for (label, cache) in [
         ("Meridian, live registry (answer cache)", true),
-        ("Meridian, live registry, no cache (before)", false),
+        ("Meridian, live registry, answer cache off", false),
     ] {
         let (guard, grpc, port) = start_meridian(meridian, pin, cache)?;
         let mut registry = connect(&grpc).await?;

@@ -43,7 +43,7 @@ pub(crate) struct ServerGuard {
 
 impl ServerGuard {
     /// Spawns `program args...` (under `taskset -c 0` when `pin`), logging to `dir/server.log`.
-    fn spawn(
+    pub(crate) fn spawn(
         name: &'static str,
         program: &Path,
         args: Vec<String>,
@@ -101,6 +101,11 @@ impl ServerGuard {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// The server's process id (taskset execs the server, so it is the server's own).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// A lazily connecting channel to the server (connects on first use).
     pub(crate) fn endpoint(&self) -> Result<Endpoint> {
         Ok(Endpoint::from_shared(self.url.clone())?
@@ -110,7 +115,7 @@ impl ServerGuard {
     }
 
     /// Retries `probe` until it succeeds, the process dies, or READY_TIMEOUT passes.
-    async fn wait_ready<F, Fut>(&mut self, mut probe: F) -> Result<()>
+    pub(crate) async fn wait_ready<F, Fut>(&mut self, mut probe: F) -> Result<()>
     where
         F: FnMut(Endpoint) -> Fut,
         Fut: Future<Output = Result<()>>,
@@ -143,13 +148,13 @@ impl Drop for ServerGuard {
 }
 
 /// A port that was free a moment ago on 127.0.0.1 (bound to port 0, read, released).
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
     Ok(listener.local_addr()?.port())
 }
 
 /// A fresh temporary directory under `root`, so both systems' data dirs sit on the same disk.
-fn data_dir(root: &Path, prefix: &str) -> Result<tempfile::TempDir> {
+pub(crate) fn data_dir(root: &Path, prefix: &str) -> Result<tempfile::TempDir> {
     tempfile::Builder::new()
         .prefix(prefix)
         .tempdir_in(root)
