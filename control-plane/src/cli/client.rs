@@ -555,6 +555,25 @@ async fn cluster_call(
     })
 }
 
+/// `127.0.0.1:8081`, or `[::1]:8081`.
+pub(super) fn endpoint_of(i: &pb::Instance) -> String {
+    match i.address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(_)) => format!("[{}]:{}", i.address, i.port),
+        _ => format!("{}:{}", i.address, i.port),
+    }
+}
+
+/// `k=v` pairs, sorted, comma-separated.
+pub(super) fn attributes_of(i: &pb::Instance) -> String {
+    let mut attrs: Vec<String> = i
+        .attributes
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    attrs.sort();
+    attrs.join(",")
+}
+
 /// A member's role as the answering node sees it.
 fn member_role(m: &pb::Member, leader_id: u64) -> &'static str {
     match (m.id == leader_id, m.voter) {
@@ -633,21 +652,11 @@ fn print_instances(json: bool, list: &[pb::Instance], revision: u64) {
     let rows: Vec<Vec<String>> = sorted
         .into_iter()
         .map(|i| {
-            let mut attrs: Vec<String> = i
-                .attributes
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            attrs.sort();
-            let address = match i.address.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V6(_)) => format!("[{}]:{}", i.address, i.port),
-                _ => format!("{}:{}", i.address, i.port),
-            };
             vec![
                 i.id.clone(),
-                address,
+                endpoint_of(i),
                 health_word(i.health).into(),
-                attrs.join(","),
+                attributes_of(i),
             ]
         })
         .collect();

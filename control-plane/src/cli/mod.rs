@@ -63,11 +63,9 @@ enum Command {
     Exec(ExecArgs),
 }
 
+/// Where a node listens: shared by `dev` and `server`.
 #[derive(Debug, Args)]
-struct DevArgs {
-    /// Keep data here instead of a temporary directory.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+struct Listeners {
     /// gRPC listener.
     #[arg(long, default_value = "127.0.0.1:7400")]
     listen: SocketAddr,
@@ -86,6 +84,15 @@ struct DevArgs {
 }
 
 #[derive(Debug, Args)]
+struct DevArgs {
+    /// Keep data here instead of a temporary directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    listeners: Listeners,
+}
+
+#[derive(Debug, Args)]
 struct ServerArgs {
     /// This node's id (≥ 1).
     #[arg(long)]
@@ -93,21 +100,8 @@ struct ServerArgs {
     /// Where the Raft log and snapshots live.
     #[arg(long)]
     data_dir: PathBuf,
-    /// gRPC listener.
-    #[arg(long, default_value = "127.0.0.1:7400")]
-    listen: SocketAddr,
-    /// DNS listener, UDP and TCP (`dig @127.0.0.1 -p 8600 orders.cafe.local`).
-    #[arg(long, default_value = "127.0.0.1:8600")]
-    dns_listen: SocketAddr,
-    /// Forward DNS names outside every namespace to this resolver (IP:PORT); default: refuse.
-    #[arg(long)]
-    dns_recursor: Option<SocketAddr>,
-    /// At most this many records per DNS answer (1-256).
-    #[arg(long, default_value_t = crate::dns::DEFAULT_MAX_ANSWERS)]
-    dns_max_answers: usize,
-    /// Admin HTTP listener (reserved: the admin endpoints are not built yet).
-    #[arg(long, default_value = "127.0.0.1:7401")]
-    admin_listen: SocketAddr,
+    #[command(flatten)]
+    listeners: Listeners,
     /// The cluster as ID=ADDR,... (this node included). Default: this node alone. Used to
     /// bootstrap an empty data dir; a restarted node keeps its membership from disk.
     #[arg(long, value_delimiter = ',')]

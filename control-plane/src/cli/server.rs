@@ -22,12 +22,12 @@ pub(super) async fn dev(args: DevArgs) -> Result<(), String> {
     let config = NodeConfig {
         id: 1,
         data_dir,
-        listen: args.listen,
-        dns_listen: args.dns_listen,
-        dns_recursor: args.dns_recursor,
-        dns_max_answers: args.dns_max_answers,
-        admin_listen: args.admin_listen,
-        peers: vec![(1, args.listen.to_string())],
+        listen: args.listeners.listen,
+        dns_listen: args.listeners.dns_listen,
+        dns_recursor: args.listeners.dns_recursor,
+        dns_max_answers: args.listeners.dns_max_answers,
+        admin_listen: args.listeners.admin_listen,
+        peers: vec![(1, args.listeners.listen.to_string())],
         snapshot_every: NodeConfig::DEFAULT_SNAPSHOT_EVERY,
         join: false,
     };
@@ -38,16 +38,16 @@ pub(super) async fn server(args: ServerArgs) -> Result<(), String> {
     init_tracing();
     let mut peers = parse::peers(&args.peers)?;
     if peers.is_empty() {
-        peers.push((args.id, args.listen.to_string()));
+        peers.push((args.id, args.listeners.listen.to_string()));
     }
     let config = NodeConfig {
         id: args.id,
         data_dir: args.data_dir,
-        listen: args.listen,
-        dns_listen: args.dns_listen,
-        dns_recursor: args.dns_recursor,
-        dns_max_answers: args.dns_max_answers,
-        admin_listen: args.admin_listen,
+        listen: args.listeners.listen,
+        dns_listen: args.listeners.dns_listen,
+        dns_recursor: args.listeners.dns_recursor,
+        dns_max_answers: args.listeners.dns_max_answers,
+        admin_listen: args.listeners.admin_listen,
         peers,
         snapshot_every: args.snapshot_every,
         join: args.join,

@@ -7,7 +7,7 @@ use pb::watch_response::Body;
 use serde_json::json;
 use tonic::transport::Channel;
 
-use super::client::{health_word, instance_json, status};
+use super::client::{attributes_of, endpoint_of, health_word, instance_json, status};
 use super::{WatchArgs, output};
 
 pub(super) async fn watch(
@@ -108,22 +108,13 @@ fn print(json: bool, message: &pb::WatchResponse) {
 
 /// `i-1.orders.cafe.local 127.0.0.1:8081 healthy version=v1`
 fn describe(i: &pb::Instance) -> String {
-    let mut attrs: Vec<String> = i
-        .attributes
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    attrs.sort();
-    let address = match i.address.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V6(_)) => format!("[{}]:{}", i.address, i.port),
-        _ => format!("{}:{}", i.address, i.port),
-    };
     format!(
-        "{}.{} {address} {} {}",
+        "{}.{} {} {} {}",
         i.id,
         i.service,
+        endpoint_of(i),
         health_word(i.health),
-        attrs.join(",")
+        attributes_of(i)
     )
     .trim_end()
     .to_owned()
