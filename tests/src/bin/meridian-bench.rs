@@ -25,6 +25,8 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 // A binary's root module resolves `mod x;` beside itself, hence the explicit paths.
+#[path = "meridian-bench/cluster.rs"]
+mod cluster;
 #[path = "meridian-bench/dns.rs"]
 mod dns;
 #[path = "meridian-bench/load.rs"]
@@ -116,6 +118,8 @@ enum Scenario {
     Dns,
     /// Registration → watchers on followers, 3-node Meridian vs 3-member etcd.
     Watch,
+    /// 3-node Meridian vs 3-member etcd: writes, leader failover, scale (100k instances).
+    Cluster,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -185,6 +189,16 @@ async fn run(args: Args, machine: String) -> Result<()> {
         .await;
     }
     let data_root = args.data_root.clone().unwrap_or_else(std::env::temp_dir);
+    if args.scenario == Scenario::Cluster {
+        return cluster::run(
+            &meridian_bin,
+            &args.etcd_bin,
+            &data_root,
+            args.pin,
+            &machine,
+        )
+        .await;
+    }
     if args.scenario == Scenario::Watch {
         return watch::run(
             &meridian_bin,
@@ -271,6 +285,7 @@ async fn run(args: Args, machine: String) -> Result<()> {
                 requests,
                 max_time: Duration::from_secs(args.max_seconds),
                 tag,
+                services: 0,
             };
             load::run(system, &endpoint, &load(format!("w{clients}"), args.warmup)).await?;
             let mut runs = Vec::with_capacity(args.repeat);

@@ -47,7 +47,15 @@ enum Writer {
 
 impl Writer {
     /// Writes record number `n`, with id `id`: a registration or a put of about 256 bytes.
-    async fn write(&mut self, id: String, n: u64, payload: &str) -> Result<(), tonic::Status> {
+    /// A Meridian record goes to service `n % services` ([`service_name`]), or to
+    /// [`BENCH_SERVICE`] when `services` is 0.
+    async fn write(
+        &mut self,
+        id: String,
+        n: u64,
+        payload: &str,
+        services: u64,
+    ) -> Result<(), tonic::Status> {
         match self {
             Self::Meridian(client) => {
                 let attributes = HashMap::from([
@@ -56,7 +64,10 @@ impl Writer {
                 ]);
                 client
                     .register_instance(RegisterInstanceRequest {
-                        service: BENCH_SERVICE.to_owned(),
+                        service: match n.checked_rem(services) {
+                            Some(k) => service_name(k),
+                            None => BENCH_SERVICE.to_owned(),
+                        },
                         id,
                         address: address(n),
                         port: 8080,
@@ -76,6 +87,11 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// The name of spread service number `k` (see [`Load::services`]), in the bench namespace.
+pub(crate) fn service_name(k: u64) -> String {
+    format!("s{k}.{}", crate::servers::BENCH_NAMESPACE)
 }
 
 /// A distinct, valid IPv4 address per record: 10.a.b.c with c in 1..=250.
@@ -117,6 +133,9 @@ pub(crate) struct Load {
     pub(crate) max_time: Duration,
     /// Prefix of every record id of this run, so runs never overwrite each other's records.
     pub(crate) tag: String,
+    /// Meridian only: spread registrations round-robin over this many services (named by
+    /// [`service_name`], created beforehand by the caller); 0 = all into [`BENCH_SERVICE`].
+    pub(crate) services: u64,
 }
 
 /// Runs `load` against `system` at `endpoint` and returns what it measured.
@@ -138,7 +157,7 @@ pub(crate) async fn run(system: System, endpoint: &Endpoint, load: &Load) -> Res
             System::Etcd => Writer::Etcd(KvClient::new(channel)),
         };
         let (payload, next, requests) = (payload.clone(), next.clone(), load.requests);
-        let tag = load.tag.clone();
+        let (tag, services) = (load.tag.clone(), load.services);
         tasks.push(tokio::spawn(async move {
             let mut result = RunResult {
                 ok: 0,
@@ -154,7 +173,7 @@ pub(crate) async fn run(system: System, endpoint: &Endpoint, load: &Load) -> Res
                 }
                 let id = format!("{tag}-{client}-{n}");
                 let sent = Instant::now();
-                match writer.write(id, n, &payload).await {
+                match writer.write(id, n, &payload, services).await {
                     Ok(()) => {
                         let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
                         result.latency.saturating_record(micros.max(1));

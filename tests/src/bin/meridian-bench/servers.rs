@@ -37,8 +37,12 @@ pub(crate) struct ServerGuard {
     /// The command line, as run (for the report).
     pub(crate) command: String,
     log: PathBuf,
+    /// What was run, so that [`ServerGuard::restart`] can run it again.
+    program: PathBuf,
+    args: Vec<String>,
+    pin: bool,
     // Declared last: removed after the process is gone.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl ServerGuard {
@@ -52,7 +56,39 @@ impl ServerGuard {
         dir: tempfile::TempDir,
     ) -> Result<Self> {
         let log = dir.path().join("server.log");
-        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Self::start(name, program, &args, pin, &log)?;
+        let command = format!(
+            "{}{} {}",
+            if pin { "taskset -c 0 " } else { "" },
+            program.display(),
+            args.join(" ")
+        );
+        Ok(Self {
+            name,
+            child,
+            url,
+            command,
+            log,
+            program: program.to_owned(),
+            args,
+            pin,
+            dir,
+        })
+    }
+
+    /// Spawns the process, appending its output to `log`.
+    fn start(
+        name: &'static str,
+        program: &Path,
+        args: &[String],
+        pin: bool,
+        log: &Path,
+    ) -> Result<Child> {
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
         let err = out.try_clone()?;
         let mut cmd = if pin {
             // taskset execs the server, so the child's pid is the server's own.
@@ -62,24 +98,33 @@ impl ServerGuard {
         } else {
             Command::new(program)
         };
-        cmd.args(&args).stdin(Stdio::null()).stdout(out).stderr(err);
-        let command = format!(
-            "{}{} {}",
-            if pin { "taskset -c 0 " } else { "" },
-            program.display(),
-            args.join(" ")
-        );
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {name}: {command}"))?;
-        Ok(Self {
-            name,
-            child,
-            url,
-            command,
-            log,
-            _dir: dir,
-        })
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        cmd.spawn()
+            .with_context(|| format!("starting {name}: {}", program.display()))
+    }
+
+    /// Kills the process with SIGKILL and reaps it; its data dir stays (for [`Self::restart`]).
+    pub(crate) fn kill(&mut self) -> Result<()> {
+        if self.child.try_wait()?.is_none() {
+            self.child
+                .kill()
+                .with_context(|| format!("killing {}", self.name))?;
+        }
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Kills the process if it still runs, then starts the same command again on the same
+    /// data dir (its output appended to the same log).
+    pub(crate) fn restart(&mut self) -> Result<()> {
+        self.kill()?;
+        self.child = Self::start(self.name, &self.program, &self.args, self.pin, &self.log)?;
+        Ok(())
+    }
+
+    /// The temporary directory holding the server's data dir and its log.
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Fails if the process has exited, quoting the end of its log.

@@ -52,17 +52,17 @@ const ETCD_PREFIX: &str = "/bench/";
 
 /// Which system a cluster runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Meridian,
     Etcd,
 }
 
 /// Three server processes, and which of them leads.
-struct Cluster {
-    kind: Kind,
-    nodes: Vec<ServerGuard>,
-    leader: usize,
-    version: String,
+pub(crate) struct Cluster {
+    pub(crate) kind: Kind,
+    pub(crate) nodes: Vec<ServerGuard>,
+    pub(crate) leader: usize,
+    pub(crate) version: String,
 }
 
 /// One measured run: a system, a watcher count, the latencies and the memory.
@@ -398,7 +398,7 @@ impl Writer {
 }
 
 /// Sum of the resident set sizes of `nodes`, in bytes (from `/proc/PID/status`).
-fn rss(nodes: &[&ServerGuard]) -> Result<u64> {
+pub(crate) fn rss(nodes: &[&ServerGuard]) -> Result<u64> {
     let mut total = 0;
     for node in nodes {
         let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid()))
@@ -415,7 +415,7 @@ fn rss(nodes: &[&ServerGuard]) -> Result<u64> {
 }
 
 /// Starts a 3-node Meridian cluster (direct peer links) and creates the benchmark service.
-async fn start_meridian(bin: &Path, data_root: &Path, pin: bool) -> Result<Cluster> {
+pub(crate) async fn start_meridian(bin: &Path, data_root: &Path, pin: bool) -> Result<Cluster> {
     let listens: Vec<String> = (0..3)
         .map(|_| Ok(format!("127.0.0.1:{}", servers::free_port()?)))
         .collect::<Result<_>>()?;
@@ -488,7 +488,7 @@ async fn start_meridian(bin: &Path, data_root: &Path, pin: bool) -> Result<Clust
 }
 
 /// Starts a 3-member etcd (fsync on, its default) and finds its leader.
-async fn start_etcd(bin: &Path, data_root: &Path, pin: bool) -> Result<Cluster> {
+pub(crate) async fn start_etcd(bin: &Path, data_root: &Path, pin: bool) -> Result<Cluster> {
     let mut ports = Vec::new();
     for _ in 0..3 {
         ports.push((servers::free_port()?, servers::free_port()?));
