@@ -155,15 +155,12 @@ async fn heartbeats_keep_an_instance_healthy_without_writes() {
     let mut r = service_with(&node, ttl(1_000, 0)).await;
     let i = register(&mut r, "i-1", 8081).await;
     // Three TTLs' worth of heartbeats, every 200 ms: still healthy, and nothing was written.
-    let mut beats = 0;
-    let stop = tokio::time::Instant::now() + Duration::from_millis(3_000);
-    while tokio::time::Instant::now() < stop {
+    // (A count of beats, not a time window: a slow machine must not make the test fail.)
+    for _ in 0..15 {
         let beat = heartbeat(&mut r, "i-1").await.unwrap();
         assert_eq!(beat.health, pb::HealthStatus::Healthy as i32);
-        beats += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(beats >= 10);
     let now = r
         .get_instance(pb::GetInstanceRequest {
             service: SERVICE.into(),
