@@ -100,24 +100,19 @@ pub struct Replica {
 // === impl View ===
 
 impl View {
-    /// Every change applied after index `seen` up to this view, in log order, if the feed
+    /// The batches applied after index `seen` up to this view, in log order, if the feed
     /// still holds all of them (`None`: the reader is too far behind, or a snapshot was
     /// restored in between).
-    pub fn changes_since(&self, seen: u64) -> Option<Vec<&Change>> {
+    pub fn changes_since(&self, seen: u64) -> Option<imbl::Vector<Arc<FeedBatch>>> {
         if seen == self.applied_index {
-            return Some(Vec::new());
+            return Some(imbl::Vector::new());
         }
         let start = self
             .feed
             .binary_search_by_key(&seen, |b| b.previous_index)
             .ok()?;
-        Some(
-            self.feed
-                .iter()
-                .skip(start)
-                .flat_map(|b| b.changes.iter())
-                .collect(),
-        )
+        // O(log n): the tail shares the feed's nodes (iterating past `start` would be O(n)).
+        Some(self.feed.skip(start))
     }
 }
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use std::collections::BTreeMap;
 
-use crate::registry::{Change, Namespace, Registry, Service, ServiceName};
-use crate::replica::View;
+use crate::registry::{Namespace, Registry, Service, ServiceName};
+use crate::replica::{FeedBatch, View};
 
 /// One change, stamped with its revision.
 ///
@@ -48,14 +48,14 @@ type Services = imbl::OrdMap<String, Arc<Service>>;
 /// snapshot in between) the two registries are compared.
 pub fn changes_since(old: &Registry, seen: Option<u64>, new: &View) -> Vec<ServiceChanges> {
     match seen.and_then(|seen| new.changes_since(seen)) {
-        Some(feed) => from_feed(feed),
+        Some(batches) => from_feed(&batches),
         None => diff(old, &new.registry),
     }
 }
 
-fn from_feed(feed: Vec<&Change>) -> Vec<ServiceChanges> {
+fn from_feed(batches: &imbl::Vector<Arc<FeedBatch>>) -> Vec<ServiceChanges> {
     let mut by_service: BTreeMap<&ServiceName, Vec<Event>> = BTreeMap::new();
-    for change in feed {
+    for change in batches.iter().flat_map(|b| b.changes.iter()) {
         by_service.entry(&change.service).or_default().push(Event {
             revision: change.revision,
             kind: change.kind.clone(),
