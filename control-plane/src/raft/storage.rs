@@ -187,7 +187,11 @@ impl RedbStorage {
             self.hard_state = hs.clone();
             self.hard_state_dirty = true;
         }
-        if entries.is_empty() && !self.hard_state_dirty {
+        // Nothing to append and nothing raft needs durable (raft asks for a sync whenever the
+        // term or vote moves): only the commit index changed, which may be lost in a crash
+        // (raft learns it again). Keep it for the next transaction instead of paying for one
+        // now — on a follower that is every Ready.
+        if entries.is_empty() && (!self.hard_state_dirty || !sync) {
             return Ok(());
         }
         if let Some(first) = entries.first()
