@@ -212,7 +212,7 @@ pub(crate) fn instance(service: &ServiceName, i: &Instance) -> pb::Instance {
         attributes: i
             .attributes
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
         health: health_pb(i.health) as i32,
         create_revision: i.create_revision,

@@ -35,6 +35,11 @@ use super::RaftError;
 /// The file inside the data dir.
 pub(crate) const FILE_NAME: &str = "raft.redb";
 
+/// redb's page cache. Its default (1 GiB) keeps every page ever written, so a node's memory
+/// grew with its log and snapshots; the log tail raft reads is cached in memory here anyway,
+/// and snapshots are read only to send them. 32 MiB keeps the B-tree's upper levels hot.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("raft_log");
 const STATE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_state");
 const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_snapshot");
@@ -72,7 +77,10 @@ impl RedbStorage {
             path: dir.to_path_buf(),
             source,
         })?;
-        let db = Database::create(dir.join(FILE_NAME)).map_err(RaftError::storage("open"))?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(dir.join(FILE_NAME))
+            .map_err(RaftError::storage("open"))?;
         // Create the tables once, so that read transactions never meet a missing table.
         let txn = db.begin_write().map_err(RaftError::storage("begin"))?;
         {

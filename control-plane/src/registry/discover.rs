@@ -106,5 +106,5 @@ impl DiscoverQuery {
 fn matches_all(instance: &Instance, wanted: &BTreeMap<String, String>) -> bool {
     wanted
         .iter()
-        .all(|(k, v)| instance.attributes.get(k) == Some(v))
+        .all(|(k, v)| instance.attributes.get(k) == Some(v.as_str()))
 }

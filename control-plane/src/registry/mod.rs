@@ -33,6 +33,6 @@ pub use change::{Change, ChangeKind};
 pub use command::{Command, InstanceSpec, Outcome, ServiceSpec};
 pub use discover::{DiscoverQuery, HealthFilter};
 pub use error::RegistryError;
-pub use model::{CheckKind, HealthCheck, HealthStatus, Instance, Namespace, Service};
+pub use model::{Attributes, CheckKind, HealthCheck, HealthStatus, Instance, Namespace, Service};
 pub use names::ServiceName;
 pub use state::Registry;

@@ -276,7 +276,7 @@ impl Registry {
             id: spec.id.clone(),
             address: spec.address,
             port: spec.port,
-            attributes: spec.attributes.clone(),
+            attributes: (&spec.attributes).into(),
             // Re-registering the same endpoint keeps its verdict; a moved endpoint starts over.
             health: match previous {
                 Some(p) if p.address == spec.address && p.port == spec.port => p.health,

@@ -556,3 +556,28 @@ proptest! {
         prop_assert!(id.is_err());
     }
 }
+
+#[test]
+fn attributes_are_a_sorted_slice_that_serializes_like_a_map() {
+    let map: BTreeMap<String, String> = [("version", "v2"), ("weight", "5"), ("az", "b")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let attrs = Attributes::from(&map);
+    assert_eq!(attrs.get("version"), Some("v2"));
+    assert_eq!(attrs.get("az"), Some("b"));
+    assert_eq!(attrs.get("nope"), None);
+    assert_eq!(
+        attrs.keys().collect::<Vec<_>>(),
+        ["az", "version", "weight"]
+    );
+    assert_eq!(attrs.len(), 3);
+    // Same JSON as the map it replaced, so snapshots and their bytes are unchanged.
+    assert_eq!(
+        serde_json::to_string(&attrs).unwrap(),
+        serde_json::to_string(&map).unwrap()
+    );
+    let back: Attributes = serde_json::from_str(&serde_json::to_string(&map).unwrap()).unwrap();
+    assert_eq!(back, attrs);
+    assert!(Attributes::default().is_empty());
+}
