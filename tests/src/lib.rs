@@ -114,6 +114,30 @@ impl TestNode {
         RegistryClient::new(self.channel().await)
     }
 
+    /// Creates namespace `cafe.local` and in it each service of `services` (labels, default
+    /// settings: no health check, DNS TTL 5 s); returns a `Registry` client.
+    pub async fn cafe(&self, services: &[&str]) -> RegistryClient<Channel> {
+        use meridian_proto::v1 as pb;
+        let mut registry = self.registry().await;
+        registry
+            .create_namespace(pb::CreateNamespaceRequest {
+                name: "cafe.local".into(),
+                description: String::new(),
+            })
+            .await
+            .expect("create namespace cafe.local");
+        for service in services {
+            registry
+                .create_service(pb::CreateServiceRequest {
+                    name: format!("{service}.cafe.local"),
+                    ..Default::default()
+                })
+                .await
+                .expect("create service");
+        }
+        registry
+    }
+
     /// A `Cluster` client.
     pub async fn cluster(&self) -> ClusterClient<Channel> {
         ClusterClient::new(self.channel().await)

@@ -37,29 +37,10 @@ fn assert_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Cod
     );
 }
 
-async fn cafe(
-    node: &TestNode,
-) -> meridian_proto::v1::registry_client::RegistryClient<tonic::transport::Channel> {
-    let mut r = node.registry().await;
-    r.create_namespace(pb::CreateNamespaceRequest {
-        name: "cafe.local".into(),
-        description: "the café".into(),
-    })
-    .await
-    .expect("setup");
-    r.create_service(pb::CreateServiceRequest {
-        name: "orders.cafe.local".into(),
-        ..Default::default()
-    })
-    .await
-    .expect("setup");
-    r
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_return_revisions_and_reads_see_them() {
     let node = TestNode::start().await;
-    let mut r = cafe(&node).await;
+    let mut r = node.cafe(&["orders"]).await;
     let one = r
         .register_instance(register("orders.cafe.local", "i-1", 8081, "v1"))
         .await
@@ -188,7 +169,7 @@ async fn names_are_case_insensitive() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_gets_the_right_code_and_names_the_field() {
     let node = TestNode::start().await;
-    let mut r = cafe(&node).await;
+    let mut r = node.cafe(&["orders"]).await;
     let svc = "orders.cafe.local";
 
     // Namespaces.
@@ -466,7 +447,7 @@ async fn bad_input_gets_the_right_code_and_names_the_field() {
 #[tokio::test(flavor = "multi_thread")]
 async fn discovery_filters_by_attributes_and_health() {
     let node = TestNode::start().await;
-    let mut r = cafe(&node).await;
+    let mut r = node.cafe(&["orders"]).await;
     for (i, v) in ["v1", "v1", "v1", "v2"].iter().enumerate() {
         r.register_instance(register(
             "orders.cafe.local",
@@ -644,7 +625,7 @@ async fn standard_health_service_and_reflection() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cluster_status_reports_a_single_node_leader() {
     let node = TestNode::start().await;
-    let mut r = cafe(&node).await;
+    let mut r = node.cafe(&["orders"]).await;
     let written = r
         .register_instance(register("orders.cafe.local", "i-1", 80, "v1"))
         .await

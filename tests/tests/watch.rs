@@ -14,25 +14,6 @@ use tonic::{Code, Streaming};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
-async fn cafe(node: &TestNode, services: &[&str]) -> RegistryClient<Channel> {
-    let mut r = node.registry().await;
-    r.create_namespace(pb::CreateNamespaceRequest {
-        name: "cafe.local".into(),
-        description: String::new(),
-    })
-    .await
-    .expect("test step");
-    for s in services {
-        r.create_service(pb::CreateServiceRequest {
-            name: format!("{s}.cafe.local"),
-            ..Default::default()
-        })
-        .await
-        .expect("test step");
-    }
-    r
-}
-
 async fn register(r: &mut RegistryClient<Channel>, service: &str, id: &str, port: u32) -> u64 {
     register_with(r, service, id, port, HashMap::new()).await
 }
@@ -132,7 +113,7 @@ impl Mirror {
 #[tokio::test(flavor = "multi_thread")]
 async fn full_state_first_then_every_kind_of_delta() {
     let node = TestNode::start().await;
-    let mut r = cafe(&node, &["orders"]).await;
+    let mut r = node.cafe(&["orders"]).await;
     let first = register(&mut r, "orders", "i-1", 8081).await;
 
     let mut stream = watch(&mut r, "orders.cafe.local", 0).await;
@@ -194,7 +175,7 @@ async fn full_state_first_then_every_kind_of_delta() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watcher_is_woken_only_by_its_own_service() {
     let node = TestNode::start().await;
-    let mut r = cafe(&node, &["orders", "reports"]).await;
+    let mut r = node.cafe(&["orders", "reports"]).await;
     let mut orders = watch(&mut r, "orders.cafe.local", 0).await;
     let mut namespace = r
         .watch(pb::WatchRequest {
@@ -230,7 +211,7 @@ async fn a_watcher_is_woken_only_by_its_own_service() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_watchers_all_see_a_change() {
     let node = TestNode::start().await;
-    let mut r = cafe(&node, &["orders"]).await;
+    let mut r = node.cafe(&["orders"]).await;
     // Ten connections of 100 streams each (HTTP/2 servers cap concurrent streams per connection).
     let mut streams = Vec::new();
     for _ in 0..10 {
@@ -265,7 +246,7 @@ fn bulky(n: usize) -> HashMap<String, String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_watcher_delays_nobody_and_is_resynced() {
     let node = TestNode::start().await;
-    let mut r = cafe(&node, &["orders"]).await;
+    let mut r = node.cafe(&["orders"]).await;
     // Its own connection, so its full flow-control window blocks only itself; a small window
     // (64 KiB instead of hyper's 2 MiB) so that a few hundred changes overflow it.
     let small = Channel::from_shared(node.url())
@@ -298,7 +279,7 @@ async fn a_stalled_watcher_delays_nobody_and_is_resynced() {
 #[tokio::test(flavor = "multi_thread")]
 async fn resuming_after_a_disconnect_loses_nothing() {
     let node = TestNode::start().await;
-    let mut r = cafe(&node, &["orders"]).await;
+    let mut r = node.cafe(&["orders"]).await;
     register(&mut r, "orders", "i-0", 8080).await;
     let mut mirror = Mirror::default();
     let mut stream = watch(&mut r, "orders.cafe.local", 0).await;
@@ -374,7 +355,7 @@ async fn bad_watch_requests_name_the_field() {
 #[allow(clippy::print_stderr)]
 async fn latency_from_ack_to_watchers() {
     let node = TestNode::start().await;
-    let mut r = cafe(&node, &["orders"]).await;
+    let mut r = node.cafe(&["orders"]).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
     let mut client = node.registry().await;
     for w in 0..100 {

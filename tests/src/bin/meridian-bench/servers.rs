@@ -228,6 +228,12 @@ pub(crate) async fn start_etcd(bin: &Path, data_root: &Path, pin: bool) -> Resul
         format!("default={peer}"),
     ];
     let mut server = ServerGuard::spawn("etcd", bin, args, pin, client, dir)?;
+    wait_etcd_ready(&mut server).await?;
+    Ok(server)
+}
+
+/// Waits until an etcd member accepts a put (it has joined its cluster and has a leader).
+pub(crate) async fn wait_etcd_ready(server: &mut ServerGuard) -> Result<()> {
     server
         .wait_ready(|endpoint| async move {
             let mut kv = KvClient::new(endpoint.connect().await?);
@@ -239,8 +245,7 @@ pub(crate) async fn start_etcd(bin: &Path, data_root: &Path, pin: bool) -> Resul
             .await?;
             Ok(())
         })
-        .await?;
-    Ok(server)
+        .await
 }
 
 /// Starts a single-node Meridian, waits until it serves and has a leader, then creates the

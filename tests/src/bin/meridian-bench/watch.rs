@@ -526,17 +526,7 @@ pub(crate) async fn start_etcd(bin: &Path, data_root: &Path, pin: bool) -> Resul
         nodes.push(ServerGuard::spawn("etcd", bin, args, pin, client, dir)?);
     }
     for node in &mut nodes {
-        node.wait_ready(|endpoint: Endpoint| async move {
-            let mut kv = KvClient::new(endpoint.connect().await?);
-            kv.put(PutRequest {
-                key: b"/bench-ready".to_vec(),
-                value: b"1".to_vec(),
-                ..Default::default()
-            })
-            .await?;
-            Ok(())
-        })
-        .await?;
+        servers::wait_etcd_ready(node).await?;
     }
     // Which member leads: each member's status names itself (header) and the leader.
     let mut leader = None;
