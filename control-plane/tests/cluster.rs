@@ -172,6 +172,31 @@ async fn register_retrying(cluster: &ProcessCluster, node: u64, id: &str) {
     .await;
 }
 
+/// Creates namespace `cafe.local` and `service` in it with a TTL check of `ttl_ms`.
+async fn ttl_service(
+    r: &mut meridian_proto::v1::registry_client::RegistryClient<tonic::transport::Channel>,
+    service: &str,
+    ttl_ms: u32,
+) {
+    r.create_namespace(pb::CreateNamespaceRequest {
+        name: "cafe.local".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let check = pb::HealthCheck {
+        kind: Some(pb::health_check::Kind::Ttl(pb::TtlCheck { ttl_ms })),
+        ..Default::default()
+    };
+    r.create_service(pb::CreateServiceRequest {
+        name: service.into(),
+        health_check: Some(check),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
 #[track_caller]
 fn assert_no_loss(on: &BTreeSet<String>, acked: &BTreeSet<String>, failed: &BTreeSet<String>) {
     let lost: Vec<&String> = acked.difference(on).collect();
@@ -646,22 +671,7 @@ async fn leader_failover_does_not_flap_ttl_instances() {
     let (relay, watched) = (others[0], others[1]);
 
     let mut r = cluster.registry(relay);
-    r.create_namespace(pb::CreateNamespaceRequest {
-        name: "cafe.local".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    r.create_service(pb::CreateServiceRequest {
-        name: SERVICE.into(),
-        health_check: Some(pb::HealthCheck {
-            kind: Some(pb::health_check::Kind::Ttl(pb::TtlCheck { ttl_ms: 3_000 })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    ttl_service(&mut r, SERVICE, 3_000).await;
     let beating: Vec<String> = (0..5).map(|i| format!("b-{i}")).collect();
     for id in beating.iter().map(String::as_str).chain(["quiet"]) {
         r.register_instance(pb::RegisterInstanceRequest {
@@ -852,22 +862,7 @@ async fn partitioned_follower_refuses_heartbeats_until_healed() {
     let others: Vec<u64> = cluster.ids().into_iter().filter(|i| *i != leader).collect();
     let lonely = others[0];
     let mut r = cluster.registry(leader);
-    r.create_namespace(pb::CreateNamespaceRequest {
-        name: "cafe.local".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    r.create_service(pb::CreateServiceRequest {
-        name: SERVICE.into(),
-        health_check: Some(pb::HealthCheck {
-            kind: Some(pb::health_check::Kind::Ttl(pb::TtlCheck { ttl_ms: 60_000 })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    ttl_service(&mut r, SERVICE, 60_000).await;
     r.register_instance(pb::RegisterInstanceRequest {
         service: SERVICE.into(),
         ..registration("i-1")
