@@ -6,6 +6,8 @@ const PROTOS: &[&str] = &[
     "meridian/v1/registry.proto",
     "meridian/v1/cluster.proto",
     "meridian/v1/peer.proto",
+    "meridian/v1/routing.proto",
+    "meridian/v1/discovery.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,0 +1,3 @@
+//! The `meridian-proxy` binary.
+
+fn main() {}
