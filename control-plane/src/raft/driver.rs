@@ -143,6 +143,7 @@ impl<SM: StateMachine> Driver<SM> {
                 () = shutdown.cancelled() => return Ok(()),
                 _ = ticker.tick() => {
                     self.node.tick();
+                    self.retry_reads();
                 }
                 msg = self.inbox.recv() => {
                     let Some(msg) = msg else { return Ok(()) };
@@ -270,6 +271,19 @@ impl<SM: StateMachine> Driver<SM> {
             self.reads.defer(reply);
         } else {
             let ctx = self.reads.issue(self.id, reply);
+            self.node.read_index(ctx);
+        }
+    }
+
+    /// Hands reads that got no answer for a while to raft again (see [`super::pending::READ_RETRY_TICKS`]).
+    /// A leader that has not committed in its term yet keeps them deferred instead.
+    fn retry_reads(&mut self) {
+        let stale = self.reads.tick();
+        if stale.is_empty() || self.node.raft.leader_id == ::raft::INVALID_ID {
+            return;
+        }
+        debug!(reads = stale.len(), "ReadIndex unanswered: asking again");
+        for ctx in stale {
             self.node.read_index(ctx);
         }
     }

@@ -42,7 +42,9 @@ pub(crate) struct Reads {
     /// ignores ReadIndex then); issued as soon as it has.
     deferred: Vec<Reply<u64>>,
     /// Handed to raft, keyed by request context, awaiting a `ReadState`.
-    issued: HashMap<u64, Reply<u64>>,
+    issued: HashMap<u64, Issued>,
+    /// Ticks counted so far (the driver's clock, in raft ticks).
+    ticks: u64,
     /// Confirmed by a quorum at this index; answered once it is applied locally.
     confirmed: Vec<(u64, Reply<u64>)>,
 }
@@ -124,6 +126,22 @@ impl<O> Proposals<O> {
     }
 }
 
+/// A read handed to raft, not yet confirmed.
+struct Issued {
+    reply: Reply<u64>,
+    /// Its request context, to hand to raft again.
+    ctx: Vec<u8>,
+    /// The tick it was last handed to raft.
+    at: u64,
+}
+
+/// Ticks after which an unanswered read is handed to raft again. raft-rs drops a ReadIndex
+/// silently when the leader has not yet committed an entry of its term (a follower forwarding
+/// a read right after an election cannot know that), and a forwarded read can be lost with
+/// its message; asking again is safe (the context is the same, a late duplicate answer finds
+/// nothing to confirm). Three ticks (300 ms by default) is longer than a heartbeat round.
+pub(crate) const READ_RETRY_TICKS: u64 = 3;
+
 // === impl Reads ===
 
 impl Reads {
@@ -148,10 +166,32 @@ impl Reads {
     pub(crate) fn issue(&mut self, origin: u64, reply: Reply<u64>) -> Vec<u8> {
         let ctx = self.next_ctx;
         self.next_ctx += 1;
-        self.issued.insert(ctx, reply);
         let mut bytes = origin.to_be_bytes().to_vec();
         bytes.extend_from_slice(&ctx.to_be_bytes());
+        self.issued.insert(
+            ctx,
+            Issued {
+                reply,
+                ctx: bytes.clone(),
+                at: self.ticks,
+            },
+        );
         bytes
+    }
+
+    /// Counts a raft tick; returns the contexts of the reads unanswered for
+    /// [`READ_RETRY_TICKS`], to hand to raft again.
+    pub(crate) fn tick(&mut self) -> Vec<Vec<u8>> {
+        self.ticks += 1;
+        let now = self.ticks;
+        self.issued
+            .values_mut()
+            .filter(|read| now - read.at >= READ_RETRY_TICKS)
+            .map(|read| {
+                read.at = now;
+                read.ctx.clone()
+            })
+            .collect()
     }
 
     /// A quorum confirmed `index` for the read with context `ctx` (ignored unless `origin`'s).
@@ -165,8 +205,8 @@ impl Reads {
         if u64::from_be_bytes(*node) != origin {
             return;
         }
-        if let Some(reply) = self.issued.remove(&u64::from_be_bytes(counter)) {
-            self.confirmed.push((index, reply));
+        if let Some(read) = self.issued.remove(&u64::from_be_bytes(counter)) {
+            self.confirmed.push((index, read.reply));
         }
     }
 
@@ -190,7 +230,7 @@ impl Reads {
         for reply in self
             .deferred
             .drain(..)
-            .chain(self.issued.drain().map(|(_, r)| r))
+            .chain(self.issued.drain().map(|(_, read)| read.reply))
         {
             let _ = reply.send(Err(error.clone()));
         }
@@ -202,5 +242,32 @@ impl Reads {
         for (_, reply) in self.confirmed.drain(..) {
             let _ = reply.send(Err(error.clone()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unanswered_reads_are_asked_again_until_confirmed() {
+        let mut reads = Reads::default();
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        let ctx = reads.issue(7, reply);
+        for _ in 1..READ_RETRY_TICKS {
+            assert!(reads.tick().is_empty(), "too early to ask again");
+        }
+        assert_eq!(reads.tick(), vec![ctx.clone()], "asked again with the same context");
+        for _ in 1..READ_RETRY_TICKS {
+            assert!(reads.tick().is_empty(), "the retry restarted the count");
+        }
+        assert_eq!(reads.tick(), vec![ctx.clone()]);
+
+        reads.confirm(7, &ctx, 42);
+        assert!(reads.tick().is_empty(), "a confirmed read is not asked again");
+        // A duplicate answer to the retried request finds nothing to confirm.
+        reads.confirm(7, &ctx, 43);
+        reads.serve(42);
+        assert_eq!(answer.try_recv().unwrap().unwrap(), 42);
     }
 }
