@@ -172,8 +172,10 @@ impl StateMachine for RegistryMachine {
         self.published = applied_index;
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        self.registry.snapshot()
+    fn snapshotter(&self) -> raft::Snapshotter {
+        // O(1): the registry's maps are shared, not copied.
+        let registry = self.registry.clone();
+        Box::new(move || registry.snapshot())
     }
 
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), FatalError> {

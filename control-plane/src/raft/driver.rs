@@ -43,6 +43,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::compaction::{Compactions, Serialized};
 use super::handle::{MemberStatus, MembershipChange, Msg, RaftStatus};
 use super::pending::{self, Proposals, Reads};
 use super::storage::RedbStorage;
@@ -63,6 +64,8 @@ pub(crate) struct Driver<SM: StateMachine> {
     /// Membership changes waiting to be applied.
     conf_changes: Proposals<()>,
     reads: Reads,
+    /// The snapshot being serialized off this thread, and who waits for it.
+    compactions: Compactions,
     /// Index of the last entry applied to the state machine.
     applied: u64,
     /// (term, leader id, leading) when last checked: a change fails what can no longer be
@@ -103,6 +106,7 @@ impl<SM: StateMachine> Driver<SM> {
             proposals: Proposals::new(),
             conf_changes: Proposals::new(),
             reads: Reads::default(),
+            compactions: Compactions::default(),
             applied,
             seen: (0, ::raft::INVALID_ID, false),
         }
@@ -117,6 +121,7 @@ impl<SM: StateMachine> Driver<SM> {
         self.proposals.fail_all(&stopped);
         self.conf_changes.fail_all(&stopped);
         self.reads.fail_all(&stopped);
+        self.compactions.answer(&Err(stopped.clone()));
         self.inbox.close();
         while let Ok(msg) = self.inbox.try_recv() {
             fail(msg, &stopped);
@@ -144,6 +149,9 @@ impl<SM: StateMachine> Driver<SM> {
                 _ = ticker.tick() => {
                     self.node.tick();
                     self.retry_reads();
+                }
+                serialized = self.compactions.finished(), if self.compactions.running() => {
+                    self.finish_compaction(serialized);
                 }
                 msg = self.inbox.recv() => {
                     let Some(msg) = msg else { return Ok(()) };
@@ -190,8 +198,13 @@ impl<SM: StateMachine> Driver<SM> {
                 let _ = reply.send(Ok(self.status()));
             }
             Msg::Snapshot { reply } => {
-                let result = self.compact();
-                let _ = reply.send(result.map_err(|e| ProposeError::Storage(e.to_string())));
+                if self.applied <= self.node.store().snapshot_index() && !self.compactions.running()
+                {
+                    let _ = reply.send(Ok(self.node.store().snapshot_index()));
+                } else {
+                    self.compactions.wait(reply);
+                    self.start_compaction();
+                }
             }
             Msg::ChangeMembership { change, reply } => self.change_membership(change, reply),
             Msg::TransferLeader { to, reply } => {
@@ -356,12 +369,11 @@ impl<SM: StateMachine> Driver<SM> {
         }
         self.reads.serve(self.applied);
         let snapshot_index = self.node.store().snapshot_index();
-        let wanted = self.node.store().take_snapshot_wanted();
-        if (wanted || self.applied - snapshot_index >= self.snapshot_every)
-            && let Err(e) = self.compact()
+        if !self.compactions.running()
+            && (self.node.store().take_snapshot_wanted()
+                || self.applied - snapshot_index >= self.snapshot_every)
         {
-            // The log keeps growing but nothing is lost; retried after the next batch.
-            warn!(error = %e, "log compaction failed");
+            self.start_compaction();
         }
         Ok(())
     }
@@ -457,22 +469,64 @@ impl<SM: StateMachine> Driver<SM> {
         Ok(())
     }
 
-    /// Snapshots the state machine at the applied index and compacts the log up to it.
-    fn compact(&mut self) -> Result<u64, RaftError> {
+    /// Starts serializing the state machine at the applied index (off this thread); the log is
+    /// compacted up to it when the bytes come back ([`Driver::finish_compaction`]).
+    fn start_compaction(&mut self) {
         let index = self.applied;
         let store = self.node.store();
-        if index <= store.snapshot_index() {
-            return Ok(store.snapshot_index());
+        if index <= store.snapshot_index() || self.compactions.running() {
+            return;
         }
-        let term = store.term_of(index)?;
+        let term = match store.term_of(index) {
+            Ok(term) => term,
+            Err(e) => {
+                warn!(error = %e, index, "log compaction not started");
+                self.compactions
+                    .answer(&Err(ProposeError::Storage(e.to_string())));
+                return;
+            }
+        };
         // Conf changes take effect when applied, so this is the membership at `index`.
         let conf_state = self.node.raft.prs().conf().to_conf_state();
-        let data = self.sm.snapshot();
-        self.node
+        let snapshotter = self.sm.snapshotter();
+        if let Err(e) = self.compactions.start(index, term, conf_state, snapshotter) {
+            warn!(error = %e, "could not start a snapshot thread");
+            self.compactions
+                .answer(&Err(ProposeError::Storage(e.to_string())));
+        }
+    }
+
+    /// Stores a serialized snapshot and drops the log up to it. A failure loses nothing (the
+    /// log keeps growing) and is retried after a later batch.
+    fn finish_compaction(&mut self, serialized: Option<Serialized>) {
+        let Some(Serialized {
+            index,
+            term,
+            conf_state,
+            data,
+        }) = serialized
+        else {
+            let error = ProposeError::Storage("the snapshot thread died".into());
+            warn!(%error, "log compaction failed");
+            self.compactions.answer(&Err(error));
+            return;
+        };
+        let result = self
+            .node
             .mut_store()
-            .compact(index, term, conf_state, &data)?;
-        debug!(index, term, bytes = data.len(), "log compacted");
-        Ok(index)
+            .compact(index, term, conf_state, &data);
+        match result {
+            Ok(()) => {
+                debug!(index, term, bytes = data.len(), "log compacted");
+                let index = self.node.store().snapshot_index();
+                self.compactions.answer(&Ok(index));
+            }
+            Err(e) => {
+                warn!(error = %e, "log compaction failed");
+                self.compactions
+                    .answer(&Err(ProposeError::Storage(e.to_string())));
+            }
+        }
     }
 
     /// Fails what this node can no longer answer reliably: proposals made in an earlier term

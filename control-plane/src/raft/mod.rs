@@ -27,6 +27,7 @@
 //! types · `driver.rs` the Ready loop · `pending.rs` waiting proposals/reads and the entry
 //! envelope · `storage.rs` raft-rs `Storage` on redb · `logger.rs` slog → tracing.
 
+mod compaction;
 mod config;
 mod driver;
 mod error;
@@ -48,6 +49,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 pub use config::RaftConfig;
+
+/// Serializes a state machine's state as of the moment it was taken; see
+/// [`StateMachine::snapshotter`].
+pub type Snapshotter = Box<dyn FnOnce() -> Vec<u8> + Send + 'static>;
 pub use error::{FatalError, ProposeError, RaftError};
 pub use handle::{MemberStatus, MembershipChange, RaftHandle, RaftStatus, Role};
 
@@ -72,8 +77,10 @@ pub trait StateMachine: Send + 'static {
     /// last command `apply` saw. Also called after a snapshot was restored.
     fn applied(&mut self, applied_index: u64);
 
-    /// Serializes the full state (for Raft snapshots and log compaction).
-    fn snapshot(&self) -> Vec<u8>;
+    /// A function that serializes the full state as it is now (for Raft snapshots and log
+    /// compaction). It runs on another thread while this state machine keeps applying, so
+    /// taking it must be cheap (share the state, do not copy it).
+    fn snapshotter(&self) -> Snapshotter;
 
     /// Replaces the whole state with a snapshot taken at `index`.
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), FatalError>;

@@ -257,14 +257,21 @@ mod tests {
         for _ in 1..READ_RETRY_TICKS {
             assert!(reads.tick().is_empty(), "too early to ask again");
         }
-        assert_eq!(reads.tick(), vec![ctx.clone()], "asked again with the same context");
+        assert_eq!(
+            reads.tick(),
+            vec![ctx.clone()],
+            "asked again with the same context"
+        );
         for _ in 1..READ_RETRY_TICKS {
             assert!(reads.tick().is_empty(), "the retry restarted the count");
         }
         assert_eq!(reads.tick(), vec![ctx.clone()]);
 
         reads.confirm(7, &ctx, 42);
-        assert!(reads.tick().is_empty(), "a confirmed read is not asked again");
+        assert!(
+            reads.tick().is_empty(),
+            "a confirmed read is not asked again"
+        );
         // A duplicate answer to the retried request finds nothing to confirm.
         reads.confirm(7, &ctx, 43);
         reads.serve(42);

@@ -58,8 +58,9 @@ impl StateMachine for AppendLog {
         published.batches += 1;
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        self.values.iter().flat_map(|v| v.to_be_bytes()).collect()
+    fn snapshotter(&self) -> super::Snapshotter {
+        let values = self.values.clone();
+        Box::new(move || values.iter().flat_map(|v| v.to_be_bytes()).collect())
     }
 
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), FatalError> {
