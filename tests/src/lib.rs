@@ -7,6 +7,7 @@
 //!   and partitions (every peer link runs through a cuttable TCP proxy);
 //! - [`linearizability`]: a Wing–Gong checker for recorded register/deregister/read
 //!   histories;
+//! - [`otlp::Collector`]: an OTLP/gRPC collector (official protos) that records what it gets;
 //! - [`wait_for`]: poll a condition until it holds or the patience runs out (never a fixed
 //!   sleep).
 //!
@@ -16,6 +17,7 @@
 
 pub mod cluster;
 pub mod linearizability;
+pub mod otlp;
 
 pub use cluster::ProcessCluster;
 
