@@ -1,20 +1,33 @@
 //! Log compaction with the state machine serialized off the driver thread.
 //!
 //! Serializing the whole registry takes time proportional to its size; on the driver thread
-//! it stalled every commit, heartbeat and vote for that long, every `snapshot_every` entries. Instead the driver takes a
+//! it stalled every commit, heartbeat and vote for that long. Instead the driver takes a
 //! [`Snapshotter`](super::Snapshotter) (an O(1) clone of the state, thanks to its persistent
 //! maps), runs it on a short-lived thread, and stores the bytes and compacts the log when they
 //! come back. One compaction at a time; the log keeps growing meanwhile, which is harmless.
+//!
+//! # When
+//! After at least `snapshot_every` applied entries, *and* once the commands applied since the
+//! last snapshot add up to at least that snapshot's size. A fixed entry count made snapshot
+//! work grow with the registry: at 200,000 instances every node serialized and wrote ~40 MB
+//! every 10,000 writes, a quarter of the Raft threads' CPU under a steady write load (perf,
+//! 3 nodes on one core). With the byte rule each write pays for at most its own size in
+//! snapshot work, whatever the registry's size, and the disk still holds at most about twice
+//! the state (the snapshot plus a log no larger than it, or `snapshot_every` entries).
 
 use ::raft::eraftpb::ConfState;
 use tokio::sync::oneshot;
 
 use super::{ProposeError, Reply, Snapshotter};
 
-/// The compaction in flight, if any, and who waits for it.
+/// The compaction in flight, if any, who waits for it, and what decides the next one.
 #[derive(Default)]
 pub(crate) struct Compactions {
     running: Option<Running>,
+    /// Bytes of commands applied since the last snapshot was taken.
+    applied_bytes: u64,
+    /// Size of the last snapshot this node took (0 until it took one in this run).
+    last_snapshot_bytes: u64,
     /// `Cluster.Snapshot` callers: answered with the index the running compaction reached.
     waiters: Vec<Reply<u64>>,
 }
@@ -38,6 +51,19 @@ pub(crate) struct Serialized {
 // === impl Compactions ===
 
 impl Compactions {
+    /// Counts a command of `bytes` applied.
+    pub(crate) fn applied(&mut self, bytes: usize) {
+        self.applied_bytes = self.applied_bytes.saturating_add(bytes as u64);
+    }
+
+    /// Whether the log is due for compaction, `entries` applied since the last snapshot (see
+    /// the module doc).
+    pub(crate) fn due(&self, entries: u64, snapshot_every: u64) -> bool {
+        self.running.is_none()
+            && entries >= snapshot_every
+            && self.applied_bytes >= self.last_snapshot_bytes
+    }
+
     /// Whether a snapshot is being serialized.
     pub(crate) fn running(&self) -> bool {
         self.running.is_some()
@@ -54,6 +80,8 @@ impl Compactions {
         if self.running.is_some() {
             return Ok(());
         }
+        // What is applied from now on is not in this snapshot.
+        self.applied_bytes = 0;
         let (tx, rx) = oneshot::channel();
         std::thread::Builder::new()
             .name("raft-snapshot".into())
@@ -75,7 +103,9 @@ impl Compactions {
         let running = self.running.as_mut()?;
         let data = (&mut running.data).await;
         let running = self.running.take().expect("invariant: checked above");
-        data.ok().map(|data| Serialized {
+        let data = data.ok()?;
+        self.last_snapshot_bytes = data.len() as u64;
+        Some(Serialized {
             index: running.index,
             term: running.term,
             conf_state: running.conf_state,
@@ -93,5 +123,66 @@ impl Compactions {
         for reply in self.waiters.drain(..) {
             let _ = reply.send(result.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn take(compactions: &mut Compactions, bytes: usize) -> Option<Serialized> {
+        compactions
+            .start(1, 1, ConfState::default(), Box::new(move || vec![0; bytes]))
+            .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(compactions.finished())
+    }
+
+    #[test]
+    fn due_after_enough_entries_and_as_many_bytes_as_the_last_snapshot() {
+        let mut c = Compactions::default();
+        assert!(!c.due(9, 10), "fewer entries than snapshot_every");
+        assert!(c.due(10, 10), "no snapshot yet: the entry count decides");
+
+        assert_eq!(take(&mut c, 1_000).unwrap().data.len(), 1_000);
+        for _ in 0..10 {
+            c.applied(50);
+        }
+        assert!(!c.due(10, 10), "500 bytes applied, the snapshot took 1,000");
+        for _ in 0..10 {
+            c.applied(50);
+        }
+        assert!(c.due(20, 10), "1,000 bytes applied: due");
+        assert!(!c.due(5, 10), "but never before snapshot_every entries");
+
+        take(&mut c, 10).unwrap();
+        for _ in 0..10 {
+            c.applied(24);
+        }
+        assert!(!c.due(9, 10));
+        assert!(
+            c.due(10, 10),
+            "a small state: the entry count decides again"
+        );
+    }
+
+    #[test]
+    fn bytes_applied_while_serializing_count_towards_the_next_snapshot() {
+        let mut c = Compactions::default();
+        c.applied(5_000);
+        c.start(1, 1, ConfState::default(), Box::new(|| vec![0; 100]))
+            .unwrap();
+        assert!(!c.due(1_000, 10), "one compaction at a time");
+        c.applied(100);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(c.finished()).unwrap();
+        assert!(
+            c.due(10, 10),
+            "100 bytes since the start, the snapshot took 100"
+        );
     }
 }

@@ -32,8 +32,9 @@ pub struct RaftConfig {
     pub election_ticks: usize,
     /// Ticks between leader heartbeats. Default 2.
     pub heartbeat_ticks: usize,
-    /// Take a snapshot and compact the log after this many entries were applied since the last
-    /// snapshot. Default 10 000.
+    /// Take a snapshot and compact the log once at least this many entries were applied since
+    /// the last snapshot, and their commands add up to at least that snapshot's size (so the
+    /// work stays proportional to the writes, not to the registry). Default 10 000.
     pub snapshot_every: u64,
     /// Most requests the driver takes from its queue per loop turn; they share one fsync.
     /// Also the capacity of that queue. Default 1024.

@@ -369,9 +369,12 @@ impl<SM: StateMachine> Driver<SM> {
         }
         self.reads.serve(self.applied);
         let snapshot_index = self.node.store().snapshot_index();
-        if !self.compactions.running()
-            && (self.node.store().take_snapshot_wanted()
-                || self.applied - snapshot_index >= self.snapshot_every)
+        // A follower needs a snapshot fresher than ours: take one now, whatever the rules.
+        let wanted = !self.compactions.running() && self.node.store().take_snapshot_wanted();
+        if wanted
+            || self
+                .compactions
+                .due(self.applied - snapshot_index, self.snapshot_every)
         {
             self.start_compaction();
         }
@@ -391,6 +394,7 @@ impl<SM: StateMachine> Driver<SM> {
                 // A new leader's empty entry: commits the entries of earlier terms.
                 EntryType::EntryNormal if entry.data.is_empty() => {}
                 EntryType::EntryNormal => {
+                    self.compactions.applied(entry.data.len());
                     let envelope = pending::decode(&entry.data)
                         .ok_or_else(|| FatalError(format!("entry {index} has no envelope")))?;
                     let output = self.sm.apply(index, envelope.command)?;
