@@ -60,6 +60,15 @@ pub enum RaftError {
         #[source]
         source: redb::Error,
     },
+    /// The write-ahead log's files failed.
+    #[error("raft WAL ({context}): {source}")]
+    Wal {
+        /// What the WAL was doing.
+        context: &'static str,
+        /// What the file system said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The stored raft state contradicts itself (e.g. a gap in the log).
     #[error("raft storage is corrupt: {0}")]
     Corrupt(String),

@@ -35,6 +35,7 @@ mod handle;
 mod logger;
 mod pending;
 mod storage;
+mod wal;
 
 #[cfg(test)]
 mod storage_tests;

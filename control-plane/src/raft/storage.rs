@@ -1,17 +1,22 @@
-//! The raft log on disk: [`RedbStorage`] implements raft-rs' [`Storage`] over one redb file
-//! (`DATA_DIR/raft.redb`).
+//! The raft state on disk: [`RedbStorage`] implements raft-rs' [`Storage`] over the
+//! write-ahead log (`DATA_DIR/wal-*.log`, see [`super::wal`]) for entries and hard states, and
+//! one redb file (`DATA_DIR/raft.redb`) for what is rare: snapshots, membership, addresses.
 //!
-//! Tables:
-//! - `raft_log`: entry index → `Entry` (rust-protobuf bytes), only entries after the snapshot;
-//! - `raft_state`: `hard_state` → `HardState`, `conf_state` → the `ConfState` as last applied;
+//! redb tables:
+//! - `raft_state`: `conf_state` → the `ConfState` as last applied, `addresses`, and
+//!   `hard_state` → the `HardState` as of the last snapshot (the WAL's own records are newer);
 //! - `raft_snapshot`: `metadata` → `SnapshotMetadata` (index, term, `ConfState`), `data` → the
-//!   state machine's bytes.
+//!   state machine's bytes;
+//! - `raft_log`: empty; data dirs written before the WAL kept entries here, and opening one
+//!   moves them into the WAL once.
 //!
-//! Writes that raft needs durable (new entries, term or vote changes, snapshots) commit with
-//! redb's `Durability::Immediate`, which fsyncs before `commit` returns; the driver sends no
-//! message that depends on them and acknowledges no proposal before that. A hard state whose
-//! only change is the commit index may commit with `Durability::None` (raft-rs: "must_sync" is
-//! false): losing it in a crash only makes raft re-learn the commit index.
+//! Writes that raft needs durable (new entries, term or vote changes) are appended to the WAL
+//! and fsynced before `persist` returns; the driver sends no message that depends on them and
+//! acknowledges no proposal before that. A hard state whose only change is the commit index is
+//! appended without a sync (raft-rs: "must_sync" is false): losing it in a crash only makes
+//! raft re-learn the commit index. A snapshot is written to redb (durably) first, then the WAL
+//! restarts from it; a crash in between leaves a WAL whose entries up to the snapshot are
+//! skipped on replay.
 //!
 //! The un-compacted log tail is also kept in memory (bounded by compaction), so `entries()` and
 //! `term()` never touch the disk.
@@ -31,6 +36,7 @@ use redb::{
 };
 
 use super::RaftError;
+use super::wal::{Record, Wal};
 
 /// The file inside the data dir.
 pub(crate) const FILE_NAME: &str = "raft.redb";
@@ -51,9 +57,10 @@ const ADDRESSES: &str = "addresses";
 const SNAPSHOT_META: &str = "metadata";
 const SNAPSHOT_DATA: &str = "data";
 
-/// raft-rs' `Storage` over redb, with the log tail cached in memory.
+/// raft-rs' `Storage` over the WAL and redb, with the log tail cached in memory.
 pub(crate) struct RedbStorage {
     db: Database,
+    wal: Wal,
     hard_state: HardState,
     /// The hard state changed (commit index only) since it was last written.
     hard_state_dirty: bool,
@@ -121,7 +128,7 @@ impl RedbStorage {
             }
         };
 
-        let mut entries = VecDeque::new();
+        let mut entries: VecDeque<Entry> = VecDeque::new();
         let range = log
             .range(snapshot.index + 1..)
             .map_err(RaftError::storage("read log"))?;
@@ -139,8 +146,36 @@ impl RedbStorage {
         }
         drop((state, snap, log, read));
 
+        let had_wal = Wal::exists(dir)?;
+        let (mut wal, records) = Wal::open(dir)?;
+        let legacy_log = !entries.is_empty();
+        if had_wal {
+            // The redb log is only ever a leftover of a move into the WAL that a crash
+            // interrupted after the WAL was complete: the WAL is the truth.
+            entries.clear();
+            for record in records {
+                match record {
+                    Record::Entries(batch) => append_replayed(&mut entries, &snapshot, batch)?,
+                    // Hard states only move forward in term; within a term the latest wins.
+                    Record::HardState(hs) if hs.term >= hard_state.term => hard_state = hs,
+                    Record::HardState(_) => {}
+                }
+            }
+        } else if legacy_log {
+            wal.restart(entries.make_contiguous(), &hard_state)?;
+        }
+        if legacy_log {
+            let txn = db.begin_write().map_err(RaftError::storage("begin"))?;
+            txn.open_table(LOG)
+                .map_err(RaftError::storage("open log"))?
+                .retain(|_, _| false)
+                .map_err(RaftError::storage("clear the redb log"))?;
+            txn.commit().map_err(RaftError::storage("commit"))?;
+        }
+
         let mut storage = Self {
             db,
+            wal,
             hard_state: HardState::default(),
             hard_state_dirty: false,
             conf_state: applied_conf.unwrap_or_else(|| snapshot.get_conf_state().clone()),
@@ -183,8 +218,8 @@ impl RedbStorage {
         txn.commit().map_err(RaftError::storage("commit bootstrap"))
     }
 
-    /// Appends `entries` (replacing any conflicting tail) and records `hard_state`, in one
-    /// transaction; with `sync` it is on disk when this returns.
+    /// Appends `entries` (replacing any conflicting tail) and records `hard_state`, in one WAL
+    /// write; with `sync` it is on disk when this returns.
     pub(crate) fn persist(
         &mut self,
         entries: &[Entry],
@@ -212,32 +247,8 @@ impl RedbStorage {
                 self.last_index()
             )));
         }
-        let mut txn = self.db.begin_write().map_err(RaftError::storage("begin"))?;
-        if !sync {
-            txn.set_durability(Durability::None)
-                .map_err(RaftError::storage("durability"))?;
-        }
-        {
-            let mut log = txn
-                .open_table(LOG)
-                .map_err(RaftError::storage("open log"))?;
-            if let Some(first) = entries.first() {
-                // A follower may have to replace a conflicting, uncommitted tail.
-                for index in first.index..=self.last_index() {
-                    log.remove(index)
-                        .map_err(RaftError::storage("truncate log"))?;
-                }
-            }
-            for entry in entries {
-                let bytes = entry.write_to_bytes()?;
-                log.insert(entry.index, bytes.as_slice())
-                    .map_err(RaftError::storage("append log"))?;
-            }
-            if self.hard_state_dirty {
-                self.write_hard_state(&txn)?;
-            }
-        }
-        txn.commit().map_err(RaftError::storage("commit append"))?;
+        let hard_state = self.hard_state_dirty.then_some(&self.hard_state);
+        self.wal.append(entries, hard_state, sync)?;
         if let Some(first) = entries.first() {
             let keep = usize::try_from(first.index - self.first_index_())
                 .expect("invariant: the in-memory log tail fits in memory");
@@ -342,12 +353,13 @@ impl RedbStorage {
         };
         meta.set_conf_state(conf_state);
         self.hard_state.commit = self.hard_state.commit.max(index);
-        self.write_snapshot(&meta, data, ..=index)?;
+        self.write_snapshot(&meta, data)?;
         let drop_count = usize::try_from(index - self.snapshot.index)
             .expect("invariant: the in-memory log tail fits in memory");
         self.entries.drain(..drop_count);
         self.snapshot = meta;
-        Ok(())
+        self.wal
+            .restart(self.entries.make_contiguous(), &self.hard_state)
     }
 
     /// Installs a snapshot received from the leader: it replaces the whole log.
@@ -358,21 +370,16 @@ impl RedbStorage {
         }
         self.hard_state.term = self.hard_state.term.max(meta.term);
         self.hard_state.commit = meta.index;
-        self.write_snapshot(meta, &snapshot.data, ..)?;
+        self.write_snapshot(meta, &snapshot.data)?;
         self.entries.clear();
         self.snapshot = meta.clone();
         self.conf_state = meta.get_conf_state().clone();
-        Ok(())
+        self.wal.restart(&[], &self.hard_state)
     }
 
-    /// One durable transaction: snapshot metadata and data, hard state, applied conf state,
-    /// and the removal of the log entries in `drop_log`.
-    fn write_snapshot(
-        &mut self,
-        meta: &SnapshotMetadata,
-        data: &[u8],
-        drop_log: impl std::ops::RangeBounds<u64>,
-    ) -> Result<(), RaftError> {
+    /// One durable redb transaction: snapshot metadata and data, hard state, applied conf
+    /// state. The caller then restarts the WAL from it.
+    fn write_snapshot(&mut self, meta: &SnapshotMetadata, data: &[u8]) -> Result<(), RaftError> {
         let meta_bytes = meta.write_to_bytes()?;
         let conf_bytes = meta.get_conf_state().write_to_bytes()?;
         let txn = self.db.begin_write().map_err(RaftError::storage("begin"))?;
@@ -384,11 +391,6 @@ impl RedbStorage {
                 .map_err(RaftError::storage("write snapshot"))?;
             snap.insert(SNAPSHOT_DATA, data)
                 .map_err(RaftError::storage("write snapshot"))?;
-            let mut log = txn
-                .open_table(LOG)
-                .map_err(RaftError::storage("open log"))?;
-            log.retain_in(drop_log, |_, _| false)
-                .map_err(RaftError::storage("compact log"))?;
             self.write_hard_state(&txn)?;
             let mut state = txn
                 .open_table(STATE)
@@ -405,11 +407,11 @@ impl RedbStorage {
 
     /// Makes everything written so far durable (graceful shutdown).
     pub(crate) fn flush(&mut self) -> Result<(), RaftError> {
-        let txn = self.db.begin_write().map_err(RaftError::storage("begin"))?;
-        self.write_hard_state(&txn)?;
-        txn.commit().map_err(RaftError::storage("commit flush"))?;
-        self.hard_state_dirty = false;
-        Ok(())
+        if self.hard_state_dirty {
+            self.wal.append(&[], Some(&self.hard_state), false)?;
+            self.hard_state_dirty = false;
+        }
+        self.wal.sync()
     }
 
     fn write_hard_state(&self, txn: &redb::WriteTransaction) -> Result<(), RaftError> {
@@ -457,23 +459,43 @@ impl RedbStorage {
         self.snapshot.index
     }
 
-    /// Entries in the in-memory log tail (equals the entries in the `raft_log` table).
+    /// Entries in the in-memory log tail.
     #[cfg(test)]
     pub(crate) fn entries_in_memory(&self) -> impl Iterator<Item = &Entry> {
         self.entries.iter()
     }
 
-    /// Number of entries in the `raft_log` table on disk.
+    /// Entries in the WAL's files (superseded ones included).
     #[cfg(test)]
     pub(crate) fn log_len_on_disk(&self) -> Result<u64, RaftError> {
-        let read = self
-            .db
-            .begin_read()
-            .map_err(RaftError::storage("begin read"))?;
-        let log = read
-            .open_table(LOG)
-            .map_err(RaftError::storage("open log"))?;
-        log.len().map_err(RaftError::storage("read log"))
+        Ok(self.wal.entries_on_disk()? as u64)
+    }
+
+    /// Writes `entries` and `hard_state` the way data dirs from before the WAL held them (in
+    /// redb), to test the move into the WAL.
+    #[cfg(test)]
+    pub(crate) fn write_legacy_log(
+        &self,
+        entries: &[Entry],
+        hard_state: &HardState,
+    ) -> Result<(), RaftError> {
+        let txn = self.db.begin_write().map_err(RaftError::storage("begin"))?;
+        {
+            let mut log = txn
+                .open_table(LOG)
+                .map_err(RaftError::storage("open log"))?;
+            for entry in entries {
+                log.insert(entry.index, entry.write_to_bytes()?.as_slice())
+                    .map_err(RaftError::storage("append log"))?;
+            }
+            let mut state = txn
+                .open_table(STATE)
+                .map_err(RaftError::storage("open state"))?;
+            state
+                .insert(HARD_STATE, hard_state.write_to_bytes()?.as_slice())
+                .map_err(RaftError::storage("write hard state"))?;
+        }
+        txn.commit().map_err(RaftError::storage("commit"))
     }
 
     fn first_index_(&self) -> u64 {
@@ -579,4 +601,32 @@ where
         Some(value) => Ok(Some(M::parse_from_bytes(value.value())?)),
         None => Ok(None),
     }
+}
+
+/// Adds a batch replayed from the WAL to the log tail: entries up to the snapshot are skipped
+/// (a crash between storing a snapshot and restarting the WAL leaves them), a batch replaces
+/// the tail from its first index on, and a gap is corruption.
+fn append_replayed(
+    entries: &mut VecDeque<Entry>,
+    snapshot: &SnapshotMetadata,
+    batch: Vec<Entry>,
+) -> Result<(), RaftError> {
+    for entry in batch {
+        if entry.index <= snapshot.index {
+            continue;
+        }
+        let first = snapshot.index + 1;
+        let last = entries.back().map_or(snapshot.index, |e| e.index);
+        if entry.index > last + 1 {
+            return Err(RaftError::Corrupt(format!(
+                "WAL entry {} after a log that ends at {last}",
+                entry.index
+            )));
+        }
+        let keep = usize::try_from(entry.index - first)
+            .expect("invariant: the in-memory log tail fits in memory");
+        entries.truncate(keep);
+        entries.push_back(entry);
+    }
+    Ok(())
 }

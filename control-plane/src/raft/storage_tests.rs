@@ -60,7 +60,16 @@ fn storage_replaces_a_conflicting_tail_and_installs_snapshots() {
 
     let mut storage = RedbStorage::open(dir.path(), &[1, 2, 3]).unwrap();
     assert_eq!(storage.last_index(), 4);
-    assert_eq!(storage.log_len_on_disk().unwrap(), 4);
+    assert_eq!(
+        storage.term(4).unwrap(),
+        2,
+        "the replacement survives the restart"
+    );
+    assert_eq!(
+        storage.log_len_on_disk().unwrap(),
+        6,
+        "appended, not rewritten: 1..=5, then 4 again"
+    );
     assert_eq!(storage.hard_state(), &hs);
 
     let mut snapshot = Snapshot::default();
@@ -84,4 +93,47 @@ fn storage_replaces_a_conflicting_tail_and_installs_snapshots() {
     let served = storage.snapshot(0, 2).unwrap();
     assert_eq!(served.get_metadata().index, 10);
     assert_eq!(&served.data[..], b"state");
+}
+
+#[test]
+fn a_data_dir_from_before_the_wal_moves_its_log_into_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let hs = HardState {
+        term: 2,
+        vote: 1,
+        commit: 3,
+        ..Default::default()
+    };
+    let entries: Vec<_> = (1..=3).map(|i| entry(i, 2)).collect();
+    {
+        let storage = RedbStorage::open(dir.path(), &[1]).unwrap();
+        storage.write_legacy_log(&entries, &hs).unwrap();
+    }
+    // Simulate the old layout: no WAL files yet.
+    for file in std::fs::read_dir(dir.path()).unwrap() {
+        let path = file.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("wal-")
+        {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+
+    let storage = RedbStorage::open(dir.path(), &[1]).unwrap();
+    assert_eq!(storage.last_index(), 3);
+    assert_eq!(storage.hard_state(), &hs);
+    assert_eq!(storage.log_len_on_disk().unwrap(), 3, "now in the WAL");
+    drop(storage);
+    // Reopened: read from the WAL alone (the redb log was emptied), the same state.
+    let mut storage = RedbStorage::open(dir.path(), &[1]).unwrap();
+    assert_eq!(
+        storage.entries_in_memory().cloned().collect::<Vec<_>>(),
+        entries
+    );
+    assert_eq!(storage.hard_state(), &hs);
+    storage.persist(&[entry(4, 2)], None, true).unwrap();
+    assert_eq!(storage.last_index(), 4);
 }
