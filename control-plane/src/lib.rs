@@ -7,6 +7,7 @@
 //! - [`replica`]: the registry driven by Raft, with the read views the API serves;
 //! - [`api`]: the tonic services;
 //! - [`watch`]: watch streams, fed from the published views (any node);
+//! - [`discovery`]: proxy streams (subscriptions, pushes, acks) and `WaitApplied` (any node);
 //! - [`health`]: TTL heartbeats and active checks (run by the leader);
 //! - [`peer`]: raft messages between nodes over gRPC;
 //! - [`dns`]: the DNS server, answering from the local replica;
@@ -18,6 +19,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod discovery;
 pub mod dns;
 pub mod health;
 pub mod node;

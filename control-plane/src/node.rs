@@ -185,7 +185,22 @@ impl Node {
             }
             .instrument(tracing::info_span!("health", node = config.id)),
         );
-        let rooms = crate::api::Rooms { watch, health };
+        // Discovery hub (every node: proxies stream from any node's local replica).
+        let (discovery_hub, discovery) =
+            crate::discovery::DiscoveryHub::new(replica.subscribe(), config.id);
+        let discovery_hub = discovery_hub.run(shutdown.child_token());
+        tasks.spawn(
+            async move {
+                discovery_hub.await;
+                Ok(())
+            }
+            .instrument(tracing::info_span!("discovery", node = config.id)),
+        );
+        let rooms = crate::api::Rooms {
+            watch,
+            health,
+            discovery,
+        };
 
         let peer = PeerService::new(config.id, replica.raft().clone());
         let api = crate::api::serve(

@@ -898,3 +898,202 @@ async fn partitioned_follower_refuses_heartbeats_until_healed() {
     })
     .await;
 }
+
+/// A proxy streaming from a follower gets a route written at the leader; the leader's
+/// `ListProxies` and `WaitApplied` see that proxy (asking the follower), and list a killed
+/// member as unreachable.
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_on_a_follower_follows_a_route_written_at_the_leader() {
+    use meridian_proto::v1::discovery_client::DiscoveryClient;
+    use meridian_proto::v1::routing_client::RoutingClient;
+    use pb::discovery_request::Body;
+
+    let mut cluster = cluster(3, &[]).await;
+    let leader = cluster.wait_for_leader(PATIENCE).await;
+    let followers: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|&id| id != leader)
+        .collect();
+    let (follower, other) = (followers[0], followers[1]);
+
+    // The proxy: hello and a subscription on the follower.
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let send = |body| {
+        let tx = tx.clone();
+        async move {
+            tx.send(pb::DiscoveryRequest { body: Some(body) })
+                .await
+                .unwrap();
+        }
+    };
+    send(Body::Hello(pb::ProxyHello {
+        proxy_id: "edge-1".into(),
+        ..Default::default()
+    }))
+    .await;
+    send(Body::Subscribe(pb::Subscribe {
+        services: vec!["orders.cafe.local".into()],
+    }))
+    .await;
+    let mut stream = DiscoveryClient::new(cluster.channel(follower))
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = async || {
+        tokio::time::timeout(PATIENCE, stream.message())
+            .await
+            .expect("a push in time")
+            .unwrap()
+            .expect("stream open")
+    };
+    let first = next().await;
+    assert_eq!(first.node_id, follower);
+    assert!(first.services[0].exists);
+    assert!(first.services[0].route.is_none());
+
+    let target = |v: &str, weight| pb::WeightedTarget {
+        subset: [("version".to_string(), v.to_string())].into(),
+        weight,
+    };
+    let put = RoutingClient::new(cluster.channel(leader))
+        .put_route(pb::PutRouteRequest {
+            route: Some(pb::Route {
+                service: "orders.cafe.local".into(),
+                rules: vec![pb::RouteRule {
+                    targets: vec![target("v1", 80), target("v2", 20)],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let pushed = next().await;
+    assert!(pushed.version >= put.revision);
+    assert_eq!(
+        pushed.services[0].route.as_ref().unwrap().rules[0].targets[1].weight,
+        20
+    );
+    send(Body::Ack(pb::Ack {
+        version: pushed.version,
+    }))
+    .await;
+
+    // Asked at the leader: the wait ends applied by the follower's proxy.
+    let mut at_leader = DiscoveryClient::new(cluster.channel(leader));
+    let w = at_leader
+        .wait_applied(pb::WaitAppliedRequest {
+            service: "orders.cafe.local".into(),
+            revision: put.revision,
+            timeout_ms: 20_000,
+            local_only: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((w.subscribed, w.applied), (1, 1), "{w:?}");
+    assert!(w.unreachable_nodes.is_empty());
+    let list = at_leader
+        .list_proxies(pb::ListProxiesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.proxies.len(), 1);
+    assert_eq!(list.proxies[0].proxy_id, "edge-1");
+    assert_eq!(list.proxies[0].node_id, follower);
+    assert_eq!(list.proxies[0].acked_version, pushed.version);
+    let local = at_leader
+        .list_proxies(pb::ListProxiesRequest { local_only: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(local.proxies.is_empty());
+
+    // The CLI at the leader: `--wait` returns once the follower's proxy acknowledged...
+    let leader_url = cluster.url(leader);
+    let cli = move |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .env("MERIDIAN_ADDR", &leader_url)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let proxy = tokio::spawn(async move {
+        let pushed = tokio::time::timeout(PATIENCE, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        tx.send(pb::DiscoveryRequest {
+            body: Some(Body::Ack(pb::Ack {
+                version: pushed.version,
+            })),
+        })
+        .await
+        .unwrap();
+        (stream, tx)
+    });
+    let set = cli.clone();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        set(&[
+            "route",
+            "set",
+            "orders.cafe.local",
+            "--split",
+            "v1=50,v2=50",
+            "--wait",
+            "--wait-timeout",
+            "20s",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out} {err}");
+    assert!(out.contains("applied by 1/1 proxies in "), "{out}");
+    let (mut stream, tx) = proxy.await.unwrap();
+    // ... and fails, naming the proxy, when it does not.
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        cli(&[
+            "route",
+            "set",
+            "orders.cafe.local",
+            "--split",
+            "v1=1",
+            "--wait",
+            "--wait-timeout",
+            "300ms",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(!ok);
+    assert!(out.contains("applied by 0/1 proxies in "), "{out}");
+    assert!(
+        err.contains(&format!(
+            "still pending after 300 ms: edge-1 on node {follower}"
+        )),
+        "{err}"
+    );
+    let _ = tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .unwrap();
+
+    // A member that is down is reported, not waited for.
+    cluster.kill(other);
+    let list = at_leader
+        .list_proxies(pb::ListProxiesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.unreachable_nodes, [other]);
+    assert_eq!(list.proxies.len(), 1);
+    drop(tx);
+}

@@ -987,3 +987,67 @@ fn watch_json_prints_one_object_per_line() {
         ["instance_added", "instance_updated", "instance_removed"]
     );
 }
+
+#[test]
+fn route_set_wait_get_and_file_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.ok(&["namespace", "create", "cafe.local"]);
+    server.ok(&["service", "create", "orders.cafe.local"]);
+
+    // No proxy follows the service yet: the wait is over at once, 0 of 0.
+    let out = server.ok(&[
+        "route",
+        "set",
+        "orders.cafe.local",
+        "--split",
+        "v1=90,v2=10",
+        "--wait",
+    ]);
+    assert!(
+        out.starts_with("route of orders.cafe.local set (revision "),
+        "{out}"
+    );
+    assert!(out.contains("applied by 0/0 proxies in "), "{out}");
+
+    let table = server.ok(&["route", "get", "orders.cafe.local"]);
+    assert!(table.contains("version=v1 90, version=v2 10"), "{table}");
+
+    // `route get --json` prints the form `route set --file` reads.
+    let got: Value =
+        serde_json::from_str(&server.ok(&["route", "get", "orders.cafe.local", "--json"])).unwrap();
+    let mut route = got["route"].clone();
+    route["rules"][0]["targets"][1]["weight"] = Value::from(30);
+    route["load_balancer"] = serde_json::json!({"policy": "ring-hash", "hash_header": "x-user"});
+    let file = dir.path().join("route.json");
+    std::fs::write(&file, route.to_string()).unwrap();
+    server.ok(&[
+        "route",
+        "set",
+        "orders.cafe.local",
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    let list = server.ok(&["route", "list", "cafe.local"]);
+    assert!(list.contains("version=v1 90, version=v2 30"), "{list}");
+    assert!(list.contains("ring-hash on x-user"), "{list}");
+
+    // Mistakes: one line naming the field.
+    std::fs::write(&file, r#"{"rules": [], "weights": 1}"#).unwrap();
+    let err = server.fails(&[
+        "route",
+        "set",
+        "orders.cafe.local",
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(err.contains("weights"), "{err}");
+    let err = server.fails(&["route", "set", "orders.cafe.local", "--split", "v1=0"]);
+    assert!(err.contains("route.rules[0].targets:"), "{err}");
+
+    let proxies = server.ok(&["proxies"]);
+    assert!(proxies.starts_with("PROXY"), "{proxies}");
+    server.ok(&["route", "delete", "orders.cafe.local"]);
+    let err = server.fails(&["route", "get", "orders.cafe.local"]);
+    assert!(err.contains("not found"), "{err}");
+}

@@ -59,3 +59,11 @@ fn raft_status(err: ProposeError) -> Status {
         other => Status::unavailable(other.to_string()),
     }
 }
+
+pub(crate) fn discovery_status(err: crate::discovery::DiscoveryError) -> Status {
+    use crate::discovery::DiscoveryError;
+    match &err {
+        DiscoveryError::InvalidArgument { .. } => Status::invalid_argument(err.to_string()),
+        DiscoveryError::Stopped => Status::unavailable(err.to_string()),
+    }
+}

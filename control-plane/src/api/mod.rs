@@ -3,6 +3,9 @@
 //! # Layout
 //! - `registry`: `meridian.v1.Registry`;
 //! - `watch`: its `Watch` stream (subscriptions of the [`crate::watch`] hub → protobuf);
+//! - `routing`: `meridian.v1.Routing` (routes of services);
+//! - `discovery`: `meridian.v1.Discovery` (proxy streams, `ListProxies`, `WaitApplied`), with
+//!   `fanout` asking the other members about their proxies;
 //! - `cluster`: `meridian.v1.Cluster`;
 //! - `forward`: heartbeats sent to a follower, relayed to the leader;
 //! - `convert`: generated types ↔ registry types (the only place that sees request types);
@@ -16,15 +19,20 @@
 
 pub mod cluster;
 mod convert;
+pub mod discovery;
 mod error;
+mod fanout;
 mod forward;
 pub mod registry;
+pub mod routing;
 mod watch;
 
 use std::net::SocketAddr;
 
 use meridian_proto::v1::cluster_server::ClusterServer;
+use meridian_proto::v1::discovery_server::DiscoveryServer;
 use meridian_proto::v1::registry_server::RegistryServer;
+use meridian_proto::v1::routing_server::RoutingServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
@@ -44,6 +52,8 @@ pub struct Rooms {
     pub watch: crate::watch::WatchHandle,
     /// The health checker (`Registry.Heartbeat`).
     pub health: crate::health::HealthHandle,
+    /// The discovery hub and proxy table (`Discovery`).
+    pub discovery: crate::discovery::DiscoveryHandle,
 }
 
 /// Why the API server stopped.
@@ -73,6 +83,12 @@ pub async fn serve(
     health_reporter
         .set_serving::<ClusterServer<cluster::ClusterService>>()
         .await;
+    health_reporter
+        .set_serving::<RoutingServer<routing::RoutingService>>()
+        .await;
+    health_reporter
+        .set_serving::<DiscoveryServer<discovery::DiscoveryService>>()
+        .await;
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(meridian_proto::FILE_DESCRIPTOR_SET)
@@ -83,6 +99,13 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    let routing = RoutingServer::new(routing::RoutingService::new(replica.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let discovery = DiscoveryServer::new(discovery::DiscoveryService::new(
+        replica.clone(),
+        rooms.discovery.clone(),
+    ))
+    .max_decoding_message_size(MAX_REQUEST_BYTES);
     let registry = RegistryServer::new(registry::RegistryService::new(replica.clone(), rooms))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let cluster = ClusterServer::new(cluster::ClusterService::new(replica));
@@ -99,6 +122,8 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(registry)
+        .add_service(routing)
+        .add_service(discovery)
         .add_service(cluster)
         .add_service(peer)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())

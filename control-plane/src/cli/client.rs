@@ -24,6 +24,8 @@ pub(super) async fn run(addr: &str, json: bool, command: Command) -> Outcome {
         Command::Instance(c) => instance(registry, json, c).await,
         Command::Discover(args) => discover(registry, json, args).await,
         Command::Watch(args) => super::watch::watch(registry, json, args).await,
+        Command::Route(c) => super::route::run(channel, json, c).await,
+        Command::Proxies { local_only } => super::proxies::run(channel, json, local_only).await,
         Command::Cluster(ClusterCommand::Status) => {
             cluster_status(ClusterClient::new(channel), json).await
         }

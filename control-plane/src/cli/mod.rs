@@ -9,6 +9,9 @@ mod client;
 mod exec;
 mod output;
 mod parse;
+mod proxies;
+mod route;
+mod route_file;
 mod server;
 mod watch;
 
@@ -56,6 +59,15 @@ enum Command {
     Discover(DiscoverArgs),
     /// Print changes as they happen: a service, a namespace (--namespace) or everything.
     Watch(WatchArgs),
+    /// Set, show and delete routes: how a service's traffic splits across subsets.
+    #[command(subcommand)]
+    Route(route::RouteCommand),
+    /// The proxies connected to the cluster, and the config version each runs.
+    Proxies {
+        /// Only the proxies of the node at --addr.
+        #[arg(long)]
+        local_only: bool,
+    },
     /// Inspect the cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),

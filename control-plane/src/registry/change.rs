@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::model::{Instance, Service};
 use super::names::ServiceName;
+use super::route::Route;
 
 /// One change to one service, at one revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +35,9 @@ pub enum ChangeKind {
     ServiceCreated(Arc<Service>),
     /// A service was deleted (after `InstanceRemoved` for each of its instances); its last state.
     ServiceDeleted(Arc<Service>),
+    /// A service's route was put (`Some`, the new route) or deleted (`None`). Deleting a
+    /// service drops its route without this change: `ServiceDeleted` says it all.
+    RouteChanged(Option<Arc<Route>>),
 }
 
 // === impl ChangeKind ===
@@ -43,7 +47,7 @@ impl ChangeKind {
     pub fn instance(&self) -> Option<&Arc<Instance>> {
         match self {
             Self::InstanceAdded(i) | Self::InstanceUpdated(i) | Self::InstanceRemoved(i) => Some(i),
-            Self::ServiceCreated(_) | Self::ServiceDeleted(_) => None,
+            Self::ServiceCreated(_) | Self::ServiceDeleted(_) | Self::RouteChanged(_) => None,
         }
     }
 }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::RegistryError;
 use super::model::{HealthCheck, HealthStatus, Instance, Namespace, Service};
 use super::names::{self, ServiceName};
+use super::route::{Route, RouteSpec};
 
 /// A write to the registry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +64,18 @@ pub enum Command {
         /// The new status.
         health: HealthStatus,
     },
+    /// Gives an existing service a route, replacing the one it had.
+    PutRoute {
+        /// The service.
+        service: ServiceName,
+        /// The route.
+        route: RouteSpec,
+    },
+    /// Removes a service's route: its traffic goes back to all healthy instances.
+    DeleteRoute {
+        /// The service.
+        service: ServiceName,
+    },
 }
 
 /// What a new service looks like.
@@ -105,6 +118,8 @@ pub enum Outcome {
         /// An instance with the same id was replaced.
         replaced: bool,
     },
+    /// The route as it now is.
+    Route(Arc<Route>),
     /// Something was removed.
     Removed,
 }
@@ -142,6 +157,11 @@ impl Command {
                 service.validate("service")?;
                 names::validate_label("id", id)
             }
+            Self::PutRoute { service, route } => {
+                service.validate("route.service")?;
+                route.validate().map_err(|e| e.within("route."))
+            }
+            Self::DeleteRoute { service } => service.validate("service"),
         }
     }
 }

@@ -44,6 +44,8 @@ pub enum Kind {
     Service,
     /// An instance of a service.
     Instance,
+    /// The route of a service.
+    Route,
 }
 
 // === impl RegistryError ===
@@ -78,6 +80,7 @@ impl fmt::Display for Kind {
             Self::Namespace => "namespace",
             Self::Service => "service",
             Self::Instance => "instance",
+            Self::Route => "route of service",
         })
     }
 }

@@ -4,6 +4,8 @@
 //! - [`names`]: validation of every user-supplied field (DNS names, addresses, ports,
 //!   attributes), one typed error per field;
 //! - [`model`]: namespaces, services, instances and their health;
+//! - [`route`]: a service's route (rules, weighted subsets, retries, load balancing) and its
+//!   validation;
 //! - [`change`]: the change feed (what each command changed, for watchers);
 //! - [`command`]: the replicated commands (each starts with a type tag) and their outcomes;
 //! - [`state`]: [`Registry`], `apply(index, command)`, revisions, snapshot and restore;
@@ -24,8 +26,11 @@ pub mod discover;
 pub mod error;
 pub mod model;
 pub mod names;
+pub mod route;
 pub mod state;
 
+#[cfg(test)]
+mod route_tests;
 #[cfg(test)]
 mod tests;
 
@@ -35,4 +40,5 @@ pub use discover::{DiscoverQuery, HealthFilter};
 pub use error::RegistryError;
 pub use model::{Attributes, CheckKind, HealthCheck, HealthStatus, Instance, Namespace, Service};
 pub use names::ServiceName;
+pub use route::{Route, RouteSpec};
 pub use state::Registry;

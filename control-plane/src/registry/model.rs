@@ -16,6 +16,7 @@ use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
 use super::RegistryError;
+use super::route::Route;
 
 /// Default TTL of a service's DNS answers, in seconds.
 pub const DEFAULT_DNS_TTL_SECONDS: u32 = 5;
@@ -52,10 +53,14 @@ pub struct Service {
     pub health_check: Option<HealthCheck>,
     /// Revision that created it.
     pub create_revision: u64,
-    /// Revision that last changed it, its instances or their health.
+    /// Revision that last changed it, its instances, their health or its route.
     pub mod_revision: u64,
     /// Its instances by id.
     pub instances: OrdMap<String, Arc<Instance>>,
+    /// How its traffic is split; `None`: every request to all healthy instances. Absent from
+    /// snapshots taken before routes existed (and from services without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<Arc<Route>>,
 }
 
 /// One endpoint of a service.

@@ -25,6 +25,14 @@ pub const MAX_ATTRIBUTE_KEY: usize = 128;
 pub const MAX_ATTRIBUTE_VALUE: usize = 256;
 /// Longest description, in bytes.
 pub const MAX_DESCRIPTION: usize = 1024;
+/// Longest path (prefix or exact) a match may name, in bytes.
+pub const MAX_PATH: usize = 1024;
+/// Longest header name, in bytes.
+pub const MAX_HEADER_NAME: usize = 256;
+/// Longest header value (exact or prefix) a match may name, in bytes.
+pub const MAX_HEADER_VALUE: usize = 1024;
+/// Longest HTTP method token, in bytes.
+pub const MAX_METHOD: usize = 32;
 
 /// A service's full name split into its label and its namespace: `orders.cafe.local` is
 /// service `orders` in namespace `cafe.local`.
@@ -198,6 +206,86 @@ pub fn validate_description(field: &str, description: &str) -> Result<(), Regist
         return Err(RegistryError::invalid(
             field,
             format!("longer than {MAX_DESCRIPTION} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a URL path a route matches on: starts with `/`, no spaces or control characters.
+pub fn validate_path(field: &str, path: &str) -> Result<(), RegistryError> {
+    if !path.starts_with('/') {
+        return Err(RegistryError::invalid(
+            field,
+            format!("{path:?} must start with '/'"),
+        ));
+    }
+    if path.len() > MAX_PATH {
+        return Err(RegistryError::invalid(
+            field,
+            format!("longer than {MAX_PATH} bytes"),
+        ));
+    }
+    if path.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(RegistryError::invalid(
+            field,
+            format!("{path:?} contains a space or a control character"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an upper-case method token: `GET`, `POST`, `PURGE`, `M-SEARCH`.
+pub fn validate_method(field: &str, method: &str) -> Result<(), RegistryError> {
+    let ok = !method.is_empty()
+        && method.len() <= MAX_METHOD
+        && method.starts_with(|c: char| c.is_ascii_uppercase())
+        && method
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(RegistryError::invalid(
+            field,
+            format!(
+                "{method:?} is not an upper-case HTTP method token (e.g. GET), at most {MAX_METHOD} bytes"
+            ),
+        ))
+    }
+}
+
+/// Checks a lower-case HTTP header name: RFC 9110 token characters.
+pub fn validate_header_name(field: &str, name: &str) -> Result<(), RegistryError> {
+    if name.is_empty() || name.len() > MAX_HEADER_NAME {
+        return Err(RegistryError::invalid(
+            field,
+            format!("a header name must be 1-{MAX_HEADER_NAME} bytes"),
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "!#$%&'*+-.^_`|~".contains(*c)))
+    {
+        return Err(RegistryError::invalid(
+            field,
+            format!("header name {name:?} contains {c:?}; use lower-case token characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a header value a route matches: bounded, no control characters but tab.
+pub fn validate_header_value(field: &str, value: &str) -> Result<(), RegistryError> {
+    if value.len() > MAX_HEADER_VALUE {
+        return Err(RegistryError::invalid(
+            field,
+            format!("longer than {MAX_HEADER_VALUE} bytes"),
+        ));
+    }
+    if value.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(RegistryError::invalid(
+            field,
+            "contains a control character",
         ));
     }
     Ok(())

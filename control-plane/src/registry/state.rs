@@ -14,6 +14,7 @@ use super::command::{Command, InstanceSpec, Outcome, ServiceSpec};
 use super::error::Kind;
 use super::model::{HealthStatus, Instance, Namespace, Service};
 use super::names::ServiceName;
+use super::route::{Route, RouteSpec};
 
 /// The whole registry at one revision.
 ///
@@ -101,6 +102,8 @@ impl Registry {
                 id,
                 health,
             } => self.set_health(index, service, id, *health)?,
+            Command::PutRoute { service, route } => self.put_route(index, service, route)?,
+            Command::DeleteRoute { service } => self.delete_route(index, service)?,
         };
         self.revision = index;
         Ok(outcome)
@@ -163,6 +166,12 @@ impl Registry {
                 if instance.mod_revision == index =>
             {
                 push(service, ChangeKind::InstanceUpdated(Arc::clone(instance)));
+            }
+            (Command::PutRoute { service, .. }, Outcome::Route(route)) => {
+                push(service, ChangeKind::RouteChanged(Some(Arc::clone(route))));
+            }
+            (Command::DeleteRoute { service }, _) => {
+                push(service, ChangeKind::RouteChanged(None));
             }
             _ => {}
         }
@@ -237,6 +246,7 @@ impl Registry {
             create_revision: index,
             mod_revision: index,
             instances: OrdMap::new(),
+            route: None,
         });
         ns.services
             .insert(spec.name.service.clone(), Arc::clone(&service));
@@ -329,6 +339,33 @@ impl Registry {
         self.instance(name, id)?;
         let service = self.service_mut(index, name)?;
         service.instances.remove(id);
+        Ok(Outcome::Removed)
+    }
+
+    fn put_route(
+        &mut self,
+        index: u64,
+        name: &ServiceName,
+        spec: &RouteSpec,
+    ) -> Result<Outcome, RegistryError> {
+        let service = self.service_mut(index, name)?;
+        let route = Arc::new(Route {
+            spec: spec.clone(),
+            create_revision: service.route.as_ref().map_or(index, |r| r.create_revision),
+            mod_revision: index,
+        });
+        service.route = Some(Arc::clone(&route));
+        Ok(Outcome::Route(route))
+    }
+
+    fn delete_route(&mut self, index: u64, name: &ServiceName) -> Result<Outcome, RegistryError> {
+        if self.service(name)?.route.is_none() {
+            return Err(RegistryError::NotFound {
+                kind: Kind::Route,
+                name: name.to_string(),
+            });
+        }
+        self.service_mut(index, name)?.route = None;
         Ok(Outcome::Removed)
     }
 

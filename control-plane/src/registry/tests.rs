@@ -478,6 +478,24 @@ fn command(namespaces: Vec<String>) -> impl Strategy<Value = Command> {
         ),
         (service_name.clone(), id)
             .prop_map(|(service, id)| Command::DeregisterInstance { service, id }),
+        (service_name.clone(), 0u32..3, 0u32..3).prop_map(|(service, w1, w2)| {
+            Command::PutRoute {
+                service,
+                route: route::RouteSpec::split(vec![
+                    route::WeightedTarget {
+                        subset: BTreeMap::from([("version".into(), "v1".into())]),
+                        weight: w1,
+                    },
+                    route::WeightedTarget {
+                        subset: BTreeMap::from([("version".into(), "v2".into())]),
+                        weight: w2,
+                    },
+                ]),
+            }
+        }),
+        service_name
+            .clone()
+            .prop_map(|service| Command::DeleteRoute { service }),
         (
             service_name,
             id,
@@ -528,6 +546,9 @@ proptest! {
             prop_assert!(n.create_revision <= n.mod_revision && n.mod_revision <= first.revision());
             for s in n.services.values() {
                 prop_assert!(s.mod_revision <= n.mod_revision);
+                if let Some(r) = &s.route {
+                    prop_assert!(r.create_revision <= r.mod_revision && r.mod_revision <= s.mod_revision);
+                }
                 for i in s.instances.values() {
                     prop_assert!(i.mod_revision <= s.mod_revision);
                 }

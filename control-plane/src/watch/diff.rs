@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use std::collections::BTreeMap;
 
-use crate::registry::{Namespace, Registry, Service, ServiceName};
+use crate::registry::{ChangeKind, Instance, Namespace, Registry, Service, ServiceName};
 use crate::replica::{FeedBatch, View};
 
 /// One change, stamped with its revision.
@@ -27,8 +27,22 @@ pub struct Event {
     pub kind: EventKind,
 }
 
-/// The kinds of change a watcher sees: the registry's change feed kinds.
-pub use crate::registry::ChangeKind as EventKind;
+/// The kinds of change a watcher sees: the registry's change feed kinds that concern
+/// instances and services. Route changes are not watch events (`Registry.Watch` has none;
+/// proxies learn routes through `Discovery`), so [`EventKind::from_change`] drops them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    /// A new instance.
+    InstanceAdded(Arc<Instance>),
+    /// An instance's health, address, port or attributes changed; its new state.
+    InstanceUpdated(Arc<Instance>),
+    /// An instance left; its last state.
+    InstanceRemoved(Arc<Instance>),
+    /// A new service (its instances follow as `InstanceAdded`).
+    ServiceCreated(Arc<Service>),
+    /// A service was deleted (after `InstanceRemoved` for each of its instances); its last state.
+    ServiceDeleted(Arc<Service>),
+}
 
 /// The changes to one service between two snapshots, in the order they apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +54,30 @@ pub struct ServiceChanges {
 }
 
 type Services = imbl::OrdMap<String, Arc<Service>>;
+
+// === impl EventKind ===
+
+impl EventKind {
+    /// The watch event of a change feed entry; `None` for a route change.
+    pub fn from_change(kind: &ChangeKind) -> Option<Self> {
+        Some(match kind {
+            ChangeKind::InstanceAdded(i) => Self::InstanceAdded(Arc::clone(i)),
+            ChangeKind::InstanceUpdated(i) => Self::InstanceUpdated(Arc::clone(i)),
+            ChangeKind::InstanceRemoved(i) => Self::InstanceRemoved(Arc::clone(i)),
+            ChangeKind::ServiceCreated(s) => Self::ServiceCreated(Arc::clone(s)),
+            ChangeKind::ServiceDeleted(s) => Self::ServiceDeleted(Arc::clone(s)),
+            ChangeKind::RouteChanged(_) => return None,
+        })
+    }
+
+    /// The instance this event is about, if any.
+    pub fn instance(&self) -> Option<&Arc<Instance>> {
+        match self {
+            Self::InstanceAdded(i) | Self::InstanceUpdated(i) | Self::InstanceRemoved(i) => Some(i),
+            Self::ServiceCreated(_) | Self::ServiceDeleted(_) => None,
+        }
+    }
+}
 
 /// The changes from a registry a consumer holds (`old`, taken from the view with applied index
 /// `seen`; `None` if it did not come from a view) to the view `new`, per service in name
@@ -56,9 +94,12 @@ pub fn changes_since(old: &Registry, seen: Option<u64>, new: &View) -> Vec<Servi
 fn from_feed(batches: &imbl::Vector<Arc<FeedBatch>>) -> Vec<ServiceChanges> {
     let mut by_service: BTreeMap<&ServiceName, Vec<Event>> = BTreeMap::new();
     for change in batches.iter().flat_map(|b| b.changes.iter()) {
+        let Some(kind) = EventKind::from_change(&change.kind) else {
+            continue;
+        };
         by_service.entry(&change.service).or_default().push(Event {
             revision: change.revision,
-            kind: change.kind.clone(),
+            kind,
         });
     }
     by_service

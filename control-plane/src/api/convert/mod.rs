@@ -13,6 +13,12 @@ use crate::registry::{
 };
 use crate::replica::Consistency;
 
+mod discovery;
+mod route;
+
+pub(crate) use discovery::{StateCache, hello, proxy_pb, wait_pb};
+pub(crate) use route::{put_route, route_pb};
+
 type Result<T> = std::result::Result<T, RegistryError>;
 
 /// DNS names are case-insensitive: canonical form is lower case, without a trailing dot.

@@ -1,0 +1,141 @@
+//! Asking the other members of the cluster about their proxies.
+//!
+//! Proxies stream from any node, so `ListProxies` and `WaitApplied` ask every other member
+//! (addresses from this node's Raft status: members' addresses are their gRPC listeners) with
+//! `local_only` set, in parallel, each within a bound; a member that does not answer in time
+//! is listed as unreachable rather than holding up the answer.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use meridian_proto::v1 as pb;
+use meridian_proto::v1::discovery_client::DiscoveryClient;
+use tonic::Status;
+use tonic::transport::{Channel, Endpoint};
+
+use super::error::status;
+use crate::replica::Replica;
+
+/// How long a member has to list its proxies: a live member answers in milliseconds.
+const LIST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How much longer than the wait itself a member has to answer a `WaitApplied`.
+const WAIT_GRACE: Duration = Duration::from_secs(2);
+/// Bound on connecting to a member.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Calls the other members, over cached channels.
+pub(crate) struct Fanout {
+    replica: Replica,
+    /// Lazily connected channels by address; the lock is never held across a call.
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+// === impl Fanout ===
+
+impl Fanout {
+    pub(crate) fn new(replica: Replica) -> Self {
+        Self {
+            replica,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Every other member's proxies, and the members that did not answer.
+    pub(crate) async fn list_proxies(&self) -> Result<(Vec<pb::ProxyStatus>, Vec<u64>), Status> {
+        let calls = self
+            .others()
+            .await?
+            .into_iter()
+            .map(|(id, channel)| async move {
+                let mut client = DiscoveryClient::new(channel);
+                let mut request = tonic::Request::new(pb::ListProxiesRequest { local_only: true });
+                request.set_timeout(LIST_TIMEOUT);
+                let answer = tokio::time::timeout(LIST_TIMEOUT, client.list_proxies(request)).await;
+                (id, answer.ok().and_then(Result::ok).map(|r| r.into_inner()))
+            });
+        let mut proxies = Vec::new();
+        let mut unreachable = Vec::new();
+        for (id, answer) in futures::future::join_all(calls).await {
+            match answer {
+                Some(a) => proxies.extend(a.proxies),
+                None => unreachable.push(id),
+            }
+        }
+        unreachable.sort_unstable();
+        Ok((proxies, unreachable))
+    }
+
+    /// Every other member's answer to the same wait (local to each), and the members that
+    /// did not answer.
+    pub(crate) async fn wait_applied(
+        &self,
+        req: &pb::WaitAppliedRequest,
+        timeout: Duration,
+    ) -> Result<(Vec<pb::WaitAppliedResponse>, Vec<u64>), Status> {
+        let bound = timeout + WAIT_GRACE;
+        let calls = self.others().await?.into_iter().map(|(id, channel)| {
+            let mut request = tonic::Request::new(pb::WaitAppliedRequest {
+                local_only: true,
+                timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+                ..req.clone()
+            });
+            request.set_timeout(bound);
+            async move {
+                let mut client = DiscoveryClient::new(channel);
+                let answer = tokio::time::timeout(bound, client.wait_applied(request)).await;
+                (id, answer.ok().and_then(Result::ok).map(|r| r.into_inner()))
+            }
+        });
+        let mut answers = Vec::new();
+        let mut unreachable = Vec::new();
+        for (id, answer) in futures::future::join_all(calls).await {
+            match answer {
+                Some(a) => answers.push(a),
+                None => unreachable.push(id),
+            }
+        }
+        unreachable.sort_unstable();
+        Ok((answers, unreachable))
+    }
+
+    /// The other members, each with a channel to its gRPC listener.
+    async fn others(&self) -> Result<Vec<(u64, Channel)>, Status> {
+        let raft = self.replica.raft().status().await.map_err(status)?;
+        let mut channels = self
+            .channels
+            .lock()
+            .expect("invariant: the channel cache lock is never held across a panic");
+        let mut others = Vec::new();
+        for member in raft.members.iter().filter(|m| m.id != raft.id) {
+            let channel = match channels.get(&member.address) {
+                Some(c) => c.clone(),
+                None => {
+                    let Ok(endpoint) = Endpoint::from_shared(format!("http://{}", member.address))
+                    else {
+                        // Listed as unreachable: a channel that never connects.
+                        tracing::warn!(node = member.id, address = %member.address, "member address is not HOST:PORT");
+                        others.push((member.id, unreachable_channel()));
+                        continue;
+                    };
+                    let channel = endpoint
+                        .connect_timeout(CONNECT_TIMEOUT)
+                        .tcp_nodelay(true)
+                        .connect_lazy();
+                    channels.insert(member.address.clone(), channel.clone());
+                    channel
+                }
+            };
+            others.push((member.id, channel));
+        }
+        Ok(others)
+    }
+}
+
+/// A channel whose every call fails at once (to a reserved address that refuses connections),
+/// so a member with an unusable address is reported unreachable like any other.
+fn unreachable_channel() -> Channel {
+    Endpoint::from_static("http://127.0.0.1:1")
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_lazy()
+}
