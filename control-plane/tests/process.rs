@@ -1,7 +1,6 @@
 //! The `meridian` binary as a user runs it: real processes, real signals, the CLI tour of
 //! the README, `kill -9` and a restart on the same data dir.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -113,11 +112,7 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    meridian_tests::free_loopback_addr().port()
 }
 
 fn json(out: &Output) -> Value {

@@ -23,8 +23,6 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::wait_for;
-
 /// A cluster of real `meridian` processes.
 pub struct ProcessCluster {
     bin: PathBuf,
@@ -190,10 +188,26 @@ impl ProcessCluster {
     /// Waits until the running nodes agree on a leader; returns it.
     pub async fn wait_for_leader(&self, patience: Duration) -> u64 {
         let running = self.running();
-        wait_for("an agreed leader", patience, || {
-            self.agreed_leader(&running)
-        })
-        .await
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            if let Some(leader) = self.agreed_leader(&running).await {
+                return leader;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                // What each node said is the only clue left once the test's dir is gone.
+                let logs: String = running
+                    .iter()
+                    .map(|id| {
+                        let log = self.log(*id);
+                        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                        let tail: Vec<&str> = tail.into_iter().rev().collect();
+                        format!("--- node {id} (last lines)\n{}\n", tail.join("\n"))
+                    })
+                    .collect();
+                panic!("gave up waiting for an agreed leader after {patience:?}\n{logs}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Ids of nodes whose process runs (paused ones included).
@@ -337,8 +351,5 @@ async fn forward(
 }
 
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
+    crate::free_loopback_addr()
 }

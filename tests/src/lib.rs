@@ -161,6 +161,41 @@ impl Drop for TestNode {
     }
 }
 
+/// A loopback address whose port was free a moment ago, for a process that binds it itself.
+///
+/// The port comes from below the kernel's ephemeral range (`ip_local_port_range`, 32768+ by
+/// default). A port from `bind(0)` is an ephemeral one: between the check and the process's own
+/// `bind`, any outgoing connection on the machine (Raft peers, clients) may take it as its
+/// local port, and the process then fails with "address in use" — a cluster test that never
+/// sees a leader. Ports below the range are never handed to outgoing connections; a counter
+/// (started at a random offset per test process) keeps one process from picking a port twice.
+pub fn free_loopback_addr() -> SocketAddr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const HIGH: u32 = 32_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        LOW + (std::process::id().wrapping_mul(7_919)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos()))
+            % (HIGH - LOW),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..(HIGH - LOW) {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = LOW + (n - LOW) % (HIGH - LOW);
+        let port = u16::try_from(port).expect("invariant: below 32,000");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if std::net::TcpListener::bind(addr).is_ok() && std::net::UdpSocket::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free loopback port between {LOW} and {HIGH}");
+}
+
 /// Polls `check` until it returns `Some`, for at most `patience`; panics naming `what` if it
 /// never does. Polls every 10 ms: quick on an idle machine, harmless on a busy one.
 pub async fn wait_for<T, F, Fut>(what: &str, patience: Duration, mut check: F) -> T

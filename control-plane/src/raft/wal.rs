@@ -9,7 +9,8 @@
 //!
 //! # Format
 //! Segments `wal-<seq>.log` (sequence numbers in decimal, zero-padded, increasing) are created
-//! full of zeros ([`SEGMENT_BYTES`], or more for a larger batch) and fsynced, so appending
+//! full of zeros (256 KiB first, doubling up to [`SEGMENT_BYTES`], or more for a larger
+//! batch) and fsynced, so appending
 //! never changes a file's size and `fdatasync` writes the data alone. A record is
 //! `len: u32 LE | crc32(kind ++ payload): u32 LE | kind: u8 | payload` with `len` counting
 //! `kind ++ payload`; a zero `len` marks the end of the written part.
@@ -37,10 +38,13 @@ use protobuf::Message as _;
 
 use super::RaftError;
 
-/// Size of a segment: ~18,000 registrations. Zero-filling one (a few milliseconds) happens
-/// ahead of need, on the `wal-prealloc` thread. Small enough that the many short-lived nodes
-/// of a test suite do not write gigabytes of zeros; switching segments costs a rename.
+/// Largest segment: ~18,000 registrations. Zero-filling one (a few milliseconds) happens
+/// ahead of need, on the `wal-prealloc` thread; switching segments costs a rename.
 pub(crate) const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
+/// First segment: a node that writes little (most of a test suite's, a quiet registry) never
+/// zero-fills more than a few hundred kilobytes. Each next segment doubles, up to
+/// [`SEGMENT_BYTES`].
+pub(crate) const FIRST_SEGMENT_BYTES: u64 = 256 * 1024;
 
 const HEADER: usize = 9;
 const KIND_ENTRIES: u8 = 1;
@@ -55,10 +59,16 @@ pub(crate) struct Wal {
     offset: u64,
     /// The current segment's size.
     capacity: u64,
-    /// The next segment, being zero-filled ahead of need on its own thread (etcd's "file
-    /// pipeline"): taking a new segment is then a rename, not megabytes of writes on the Raft
-    /// thread.
-    spare: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    /// The next segment, zero-filled ahead of need on its own thread once the current one is
+    /// half full (etcd's "file pipeline"): taking a new segment is then a rename, not
+    /// megabytes of writes on the Raft thread.
+    spare: Option<Spare>,
+}
+
+/// A segment being prepared.
+struct Spare {
+    bytes: u64,
+    thread: std::thread::JoinHandle<std::io::Result<()>>,
 }
 
 /// One record, as replayed.
@@ -78,7 +88,7 @@ impl Wal {
     pub(crate) fn open(dir: &Path) -> Result<(Self, Vec<Record>), RaftError> {
         let segments = segments(dir)?;
         let Some(&last) = segments.last() else {
-            return Ok((Self::create(dir, 1, SEGMENT_BYTES)?, Vec::new()));
+            return Ok((Self::create(dir, 1, FIRST_SEGMENT_BYTES)?, Vec::new()));
         };
         let mut records = Vec::new();
         let mut end = 0;
@@ -114,18 +124,13 @@ impl Wal {
             .open(&path)
             .map_err(io("open the WAL"))?;
         let capacity = file.metadata().map_err(io("stat the WAL"))?.len();
-        let spare_path = dir.join(SPARE);
-        let spare = std::thread::Builder::new()
-            .name("wal-prealloc".into())
-            .spawn(move || zero_file(&spare_path, SEGMENT_BYTES))
-            .map_err(io("start the WAL preallocator"))?;
         let wal = Self {
             dir: dir.to_path_buf(),
             file,
             seq: last,
             offset: end as u64,
             capacity,
-            spare: Some(spare),
+            spare: None,
         };
         Ok((wal, records))
     }
@@ -150,12 +155,15 @@ impl Wal {
         // Leave at least one zero length after the last record.
         let needed = bytes.len() as u64 + 4;
         if self.offset + needed > self.capacity {
-            self.advance(SEGMENT_BYTES.max(needed))?;
+            self.advance(needed)?;
         }
         self.file
             .write_all_at(&bytes, self.offset)
             .map_err(io("append to the WAL"))?;
         self.offset += bytes.len() as u64;
+        if self.spare.is_none() && self.offset > self.capacity / 2 {
+            self.prepare_spare()?;
+        }
         if sync {
             self.file.sync_data().map_err(io("sync the WAL"))?;
         }
@@ -175,7 +183,7 @@ impl Wal {
         hard_state: &HardState,
     ) -> Result<(), RaftError> {
         let bytes = encode(entries, Some(hard_state))?;
-        self.advance(SEGMENT_BYTES.max(bytes.len() as u64 + 4))?;
+        self.advance(bytes.len() as u64 + 4)?;
         self.append(entries, Some(hard_state), true)?;
         for seq in segments(&self.dir)? {
             if seq < self.seq {
@@ -203,48 +211,61 @@ impl Wal {
         Ok(count)
     }
 
-    /// Makes segment `seq` of at least `capacity` zeros, durably (file and directory entry):
-    /// the spare when it is large enough, a new file otherwise. Starts the next spare.
+    /// Makes segment `seq` of at least `capacity` zeros, durably (file and directory entry).
     fn create(dir: &Path, seq: u64, capacity: u64) -> Result<Self, RaftError> {
         Self::next(dir, seq, capacity, None)
     }
 
-    /// [`Wal::create`] for the segment after this one, taking this log's spare.
-    fn advance(&mut self, capacity: u64) -> Result<(), RaftError> {
+    /// Moves to the segment after this one, of at least `needed` bytes: the spare when it is
+    /// ready and large enough, a new file otherwise.
+    fn advance(&mut self, needed: u64) -> Result<(), RaftError> {
         let spare = self.spare.take();
-        *self = Self::next(&self.dir, self.seq + 1, capacity, spare)?;
+        let size = self
+            .capacity
+            .saturating_mul(2)
+            .min(SEGMENT_BYTES)
+            .max(needed);
+        *self = Self::next(&self.dir, self.seq + 1, size, spare)?;
         Ok(())
     }
 
-    fn next(
-        dir: &Path,
-        seq: u64,
-        capacity: u64,
-        spare: Option<std::thread::JoinHandle<std::io::Result<()>>>,
-    ) -> Result<Self, RaftError> {
+    /// Starts zero-filling the segment after this one.
+    fn prepare_spare(&mut self) -> Result<(), RaftError> {
+        let bytes = self.capacity.saturating_mul(2).min(SEGMENT_BYTES);
+        let path = self.dir.join(SPARE);
+        let thread = std::thread::Builder::new()
+            .name("wal-prealloc".into())
+            .spawn(move || zero_file(&path, bytes))
+            .map_err(io("start the WAL preallocator"))?;
+        self.spare = Some(Spare { bytes, thread });
+        Ok(())
+    }
+
+    fn next(dir: &Path, seq: u64, capacity: u64, spare: Option<Spare>) -> Result<Self, RaftError> {
         let path = segment_path(dir, seq);
-        let spare_path = dir.join(SPARE);
-        let spare_ready = match spare {
-            Some(thread) => match thread.join() {
-                Ok(Ok(())) => true,
+        let spare_bytes = match spare {
+            Some(Spare { bytes, thread }) => match thread.join() {
+                Ok(Ok(())) => Some(bytes),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "WAL: preparing a spare segment failed");
-                    false
+                    None
                 }
-                Err(_) => false,
+                Err(_) => None,
             },
-            None => false,
+            None => None,
         };
-        let capacity = if spare_ready && capacity <= SEGMENT_BYTES {
-            std::fs::rename(&spare_path, &path).map_err(io("name a new WAL segment"))?;
-            SEGMENT_BYTES
-        } else {
-            zero_file(&path.with_extension("tmp"), capacity)
-                .map_err(io("preallocate a WAL segment"))?;
-            // Renamed only once complete: a crash never leaves a half-zeroed segment.
-            std::fs::rename(path.with_extension("tmp"), &path)
-                .map_err(io("name a new WAL segment"))?;
-            capacity
+        let capacity = match spare_bytes {
+            Some(bytes) if bytes >= capacity => {
+                std::fs::rename(dir.join(SPARE), &path).map_err(io("name a new WAL segment"))?;
+                bytes
+            }
+            _ => {
+                let tmp = path.with_extension("tmp");
+                zero_file(&tmp, capacity).map_err(io("preallocate a WAL segment"))?;
+                // Renamed only once complete: a crash never leaves a half-zeroed segment.
+                std::fs::rename(&tmp, &path).map_err(io("name a new WAL segment"))?;
+                capacity
+            }
         };
         sync_dir(dir)?;
         let file = OpenOptions::new()
@@ -252,17 +273,13 @@ impl Wal {
             .write(true)
             .open(&path)
             .map_err(io("open a new WAL segment"))?;
-        let next_spare = std::thread::Builder::new()
-            .name("wal-prealloc".into())
-            .spawn(move || zero_file(&spare_path, SEGMENT_BYTES))
-            .map_err(io("start the WAL preallocator"))?;
         Ok(Self {
             dir: dir.to_path_buf(),
             file,
             seq,
             offset: 0,
             capacity,
-            spare: Some(next_spare),
+            spare: None,
         })
     }
 }
