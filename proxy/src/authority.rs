@@ -2,21 +2,30 @@
 //! lower-cased; and whether a name can be a service name at all (so a `Host: 127.0.0.1:15001`
 //! or `Host: localhost` goes to the default service instead of a pointless subscription).
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::Request;
 
-/// The host part of the request's authority, lower-cased, without port or trailing dot.
-pub(crate) fn request_host<B>(req: &Request<B>) -> Option<String> {
+/// The host part of the request's authority, lower-cased, without port or trailing dot
+/// (borrowed from the request unless it had upper-case letters: no allocation per request).
+pub(crate) fn request_host<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
     let raw = match req.uri().authority() {
-        Some(authority) => authority.host().to_owned(),
+        Some(authority) => authority.host(),
         None => {
             let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
-            strip_port(host).to_owned()
+            strip_port(host)
         }
     };
-    let host = raw.trim_end_matches('.').to_ascii_lowercase();
-    (!host.is_empty()).then_some(host)
+    let host = raw.trim_end_matches('.');
+    if host.is_empty() {
+        return None;
+    }
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }
 
 fn strip_port(host: &str) -> &str {
@@ -63,7 +72,7 @@ mod tests {
         if let Some(host) = host {
             builder = builder.header("host", host);
         }
-        request_host(&builder.body(()).unwrap())
+        request_host(&builder.body(()).unwrap()).map(Cow::into_owned)
     }
 
     #[test]

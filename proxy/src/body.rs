@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 
 /// A boxed body: an upstream stream or a local buffer.
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
@@ -13,4 +13,9 @@ pub(crate) fn full(data: impl Into<Bytes>) -> Body {
     Full::new(data.into())
         .map_err(|never| match never {})
         .boxed()
+}
+
+/// An empty body (no allocation: the boxed body is zero-sized).
+pub(crate) fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
 }

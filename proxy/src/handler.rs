@@ -135,7 +135,9 @@ impl Handler {
         let Some(default) = &self.default_service else {
             let error = match host {
                 None => RequestError::NoAuthority,
-                Some(service) => RequestError::UnknownService { service },
+                Some(service) => RequestError::UnknownService {
+                    service: service.into_owned(),
+                },
             };
             return Err((UNKNOWN_SERVICE.to_owned(), error));
         };

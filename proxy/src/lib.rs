@@ -15,7 +15,9 @@
 //! - `balance/`: endpoint state (in flight, peak EWMA) and the policies: P2C-EWMA, round robin,
 //!   least request, ring hash.
 //! - `outlier.rs`, `retry.rs`: ejection and retry decisions, pure over an explicit clock.
-//! - `forward.rs`: the upstream pool, tries, timeouts; `handler.rs`: one request end to end.
+//! - `forward.rs`: tries, timeouts, retries; `pool.rs`: pooled HTTP/1.1 upstream connections;
+//!   `headers.rs`: hop-by-hop, `X-Forwarded-For`, `traceparent`;
+//!   `handler.rs`: one request end to end.
 //! - `error.rs`: [`ProxyError`] and the single request-error → HTTP status mapping.
 //! - `server.rs`: listeners and drain; `admin.rs`: `/ready`, `/config`, `/metrics`;
 //!   `metrics.rs`: the counters behind `/metrics`.
@@ -29,8 +31,10 @@ mod discovery;
 mod error;
 mod forward;
 mod handler;
+mod headers;
 mod metrics;
 mod outlier;
+mod pool;
 mod retry;
 mod route;
 mod server;
@@ -258,10 +262,11 @@ pub async fn start(
         metrics: Arc::clone(&metrics),
     };
 
+    let upstream = forward::Upstream::new();
     let handler = Arc::new(handler::Handler {
         discovery: discovery.clone(),
         default_service,
-        upstream: forward::Upstream::new(),
+        upstream: upstream.clone(),
         metrics: Arc::clone(&metrics),
     });
     let data_fn: HandlerFn =
@@ -308,6 +313,16 @@ pub async fn start(
         },
         span.clone(),
     ));
+    {
+        let shutdown = shutdown.clone();
+        tasks.spawn(tracing::Instrument::instrument(
+            async move {
+                upstream.reap_idle(shutdown).await;
+                Ok(())
+            },
+            span.clone(),
+        ));
+    }
     tasks.spawn(tracing::Instrument::instrument(
         async move {
             client.run(shutdown).await;

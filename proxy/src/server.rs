@@ -47,11 +47,14 @@ pub(crate) async fn serve(
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A timer makes hyper enforce its HTTP/1 header read timeout (a client that opens a
-    // connection and sends its head slowly is cut after it) and HTTP/2 keep-alive.
+    // connection and sends its head slowly is cut after it) and HTTP/2 keep-alive. Without
+    // vectored writes hyper copies a response's head and (small) body into one buffer for one
+    // `send`: ~3 % less CPU per request than `writev` with separate buffers.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .writev(false);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();

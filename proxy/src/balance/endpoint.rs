@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Protocol;
 use crate::outlier::OutlierState;
+use crate::pool::Http1Pool;
 
 /// The estimate of an endpoint nothing has been measured on yet (Linkerd's default): high
 /// enough that a new endpoint does not attract all traffic before its first response.
@@ -25,6 +26,10 @@ pub(crate) struct Endpoint {
     pub(crate) protocol: Protocol,
     /// `addr` as a URI authority, built once: the upstream request's target and pool key.
     pub(crate) authority: http::uri::Authority,
+    /// `Host` for an HTTP/1.1 request that came without one (as the legacy client set it).
+    pub(crate) host: http::HeaderValue,
+    /// Idle HTTP/1.1 connections to this endpoint.
+    http1: Http1Pool,
     in_flight: AtomicUsize,
     rtt: Mutex<PeakEwma>,
     outlier: Mutex<OutlierState>,
@@ -52,11 +57,19 @@ impl Endpoint {
     pub(crate) fn new(id: String, addr: SocketAddr, protocol: Protocol, now: Instant) -> Self {
         let authority = http::uri::Authority::try_from(addr.to_string())
             .expect("invariant: a socket address is a valid URI authority");
+        let host = match addr.port() {
+            80 => addr.ip().to_string(),
+            _ => addr.to_string(),
+        };
+        let host = http::HeaderValue::try_from(host)
+            .expect("invariant: a socket address is a valid header value");
         Self {
             id,
             addr,
             protocol,
             authority,
+            host,
+            http1: Http1Pool::default(),
             in_flight: AtomicUsize::new(0),
             rtt: Mutex::new(PeakEwma::new(DEFAULT_RTT, now)),
             outlier: Mutex::new(OutlierState::default()),
@@ -89,6 +102,11 @@ impl Endpoint {
     /// Feeds one observed latency (request sent → response head or failure).
     pub(crate) fn observe(&self, rtt: Duration, now: Instant) {
         lock(&self.rtt).observe(rtt, now);
+    }
+
+    /// The endpoint's idle HTTP/1.1 connections.
+    pub(crate) fn http1_pool(&self) -> &Http1Pool {
+        &self.http1
     }
 
     /// The outlier state, locked briefly.
@@ -144,6 +162,12 @@ fn decay(elapsed: Duration) -> f64 {
 }
 
 // === impl InFlight ===
+
+impl InFlight {
+    pub(crate) fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {

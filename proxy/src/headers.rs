@@ -1,0 +1,254 @@
+//! What the proxy changes in the headers it forwards: hop-by-hop headers out (both ways), and
+//! on requests `Host` from `:authority`, the client appended to `X-Forwarded-For`, and a W3C
+//! `traceparent` continued or started.
+//!
+//! On the hot path of every request, so written to cost nothing when there is nothing to do:
+//! one scan of the names finds hop-by-hop headers before any removal, and the new values are
+//! formatted on the stack.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+
+use bytes::{BufMut as _, BytesMut};
+use http::Uri;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// `00-` + 32 + `-` + 16 + `-` + 2.
+const TRACEPARENT_LEN: usize = 55;
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) are not forwarded; `te: trailers` is kept because
+/// gRPC needs it end to end.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One scan finds the hop-by-hop names present (most requests have none; most responses
+    // only `connection`), so only those are removed.
+    let mut found: [Option<HeaderName>; HOP_BY_HOP] = Default::default();
+    let mut n = 0;
+    for name in headers.keys().filter(|name| is_hop_by_hop(name)) {
+        // Keys are distinct, so at most `HOP_BY_HOP` of them match.
+        if let Some(slot) = found.get_mut(n) {
+            *slot = Some(name.clone());
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return;
+    }
+    // The names `Connection` lists ("keep-alive" is removed anyway, "close" names no header).
+    // Its values are cheap clones (shared bytes), taken so the map can change while they are
+    // read.
+    let listed: Vec<HeaderValue> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter(|v| {
+            !(v.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+                || v.as_bytes().eq_ignore_ascii_case(b"close"))
+        })
+        .cloned()
+        .collect();
+    for value in &listed {
+        let Ok(value) = value.to_str() else { continue };
+        for name in value.split(',').map(str::trim) {
+            if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+                headers.remove(name);
+            }
+        }
+    }
+    for name in found.into_iter().flatten() {
+        if name != header::TE || headers.get(&name).is_some_and(|v| v != "trailers") {
+            headers.remove(name);
+        }
+    }
+}
+
+/// How many names [`is_hop_by_hop`] accepts.
+const HOP_BY_HOP: usize = 7;
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    // Header names are stored lower-case.
+    matches!(
+        name.as_str(),
+        "connection"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+    )
+}
+
+/// Hop-by-hop headers out; `Host` set from the request's authority (an HTTP/2 request carries
+/// it only in `:authority`); the client's address appended to `X-Forwarded-For`; a W3C
+/// `traceparent` continued (new span id, same trace) or started.
+pub(crate) fn prepare_headers(headers: &mut HeaderMap, uri: &Uri, client: SocketAddr) {
+    strip_hop_by_hop(headers);
+    if let Some(authority) = uri.authority()
+        && let Ok(value) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(header::HOST, value);
+    }
+    // An IPv6 address takes at most 45 characters.
+    let mut ip = [0u8; 48];
+    let ip_len = {
+        let mut cursor = std::io::Cursor::new(&mut ip[..]);
+        let _ = write!(cursor, "{}", client.ip());
+        usize::try_from(cursor.position()).unwrap_or(0)
+    };
+    let ip = &ip[..ip_len];
+    let forwarded = match headers.get(&X_FORWARDED_FOR) {
+        Some(previous) => {
+            let mut joined = BytesMut::with_capacity(previous.len() + 2 + ip.len());
+            joined.put_slice(previous.as_bytes());
+            joined.put_slice(b", ");
+            joined.put_slice(ip);
+            HeaderValue::from_maybe_shared(joined.freeze())
+        }
+        None => HeaderValue::from_bytes(ip),
+    };
+    if let Ok(value) = forwarded {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    let traceparent = continue_trace(headers.get(&TRACEPARENT).map(HeaderValue::as_bytes));
+    if let Ok(value) = HeaderValue::from_bytes(&traceparent) {
+        headers.insert(TRACEPARENT.clone(), value);
+    }
+}
+
+/// `00-<trace id>-<parent id>-<flags>`: keeps a valid incoming trace id and flags with this hop
+/// as the new parent, or starts a sampled trace.
+fn continue_trace(incoming: Option<&[u8]>) -> [u8; TRACEPARENT_LEN] {
+    let mut out = [b'-'; TRACEPARENT_LEN];
+    out[..2].copy_from_slice(b"00");
+    match incoming.filter(|t| is_valid_traceparent(t)) {
+        Some(t) => {
+            out[3..35].copy_from_slice(&t[3..35]);
+            out[53..55].copy_from_slice(&t[53..55]);
+        }
+        None => {
+            hex(&mut out[3..19], fastrand::u64(1..));
+            hex(&mut out[19..35], fastrand::u64(..));
+            out[53..55].copy_from_slice(b"01");
+        }
+    }
+    hex(&mut out[36..52], fastrand::u64(1..));
+    out
+}
+
+/// Version `00`, a 32-hex-digit trace id that is not all zeros, a 16-digit parent id and
+/// 2-digit flags, dash-separated.
+fn is_valid_traceparent(t: &[u8]) -> bool {
+    let hex_at = |range: std::ops::Range<usize>| t[range].iter().all(u8::is_ascii_hexdigit);
+    t.len() == TRACEPARENT_LEN
+        && t.starts_with(b"00-")
+        && t[35] == b'-'
+        && t[52] == b'-'
+        && hex_at(3..35)
+        && hex_at(36..52)
+        && hex_at(53..55)
+        && t[3..35].iter().any(|b| *b != b'0')
+}
+
+/// `value` as 16 lower-case hex digits into `out` (16 bytes).
+fn hex(out: &mut [u8], value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, slot) in out.iter_mut().enumerate() {
+        let shift = 60 - 4 * i;
+        *slot = DIGITS[((value >> shift) & 0xf) as usize];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(t: &[u8]) -> &str {
+        std::str::from_utf8(t).unwrap()
+    }
+
+    #[test]
+    fn traceparent_is_continued_or_started() {
+        let incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let next = continue_trace(Some(incoming.as_bytes()));
+        let next = text(&next);
+        assert!(
+            next.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+            "{next}"
+        );
+        assert!(next.ends_with("-01"));
+        assert_ne!(&next[36..52], "b7ad6b7169203331");
+        assert!(is_valid_traceparent(next.as_bytes()), "{next}");
+        for bad in [
+            "garbage",
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0g",
+            "00-0af7651916cd43dd8448eb211c80319c+b7ad6b7169203331-01",
+        ] {
+            let fresh = continue_trace(Some(bad.as_bytes()));
+            let fresh = text(&fresh);
+            assert!(
+                fresh.starts_with("00-") && fresh.ends_with("-01"),
+                "{fresh}"
+            );
+            assert!(is_valid_traceparent(fresh.as_bytes()), "{fresh}");
+            assert_ne!(&fresh[3..35], bad.get(3..35).unwrap_or(""), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        prepare_headers(
+            &mut h,
+            &"http://orders.cafe.local:15001/x".parse().unwrap(),
+            "10.0.0.9:5555".parse().unwrap(),
+        );
+        assert!(
+            h.get(header::CONNECTION).is_none()
+                && h.get("x-private").is_none()
+                && h.get("keep-alive").is_none()
+        );
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["x-app"], "kept");
+        assert_eq!(h["host"], "orders.cafe.local:15001");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+    }
+
+    #[test]
+    fn forwarded_for_is_appended_and_te_other_than_trailers_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        prepare_headers(
+            &mut h,
+            &"/x".parse().unwrap(),
+            "[2001:db8::7]:5555".parse().unwrap(),
+        );
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1, 2001:db8::7");
+        assert!(h.get(header::TE).is_none() && h.get(header::TRANSFER_ENCODING).is_none());
+        assert!(h.get(header::HOST).is_none());
+        assert!(is_valid_traceparent(h["traceparent"].as_bytes()));
+    }
+
+    #[test]
+    fn nothing_to_strip_leaves_the_map_alone() {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+}
