@@ -15,8 +15,10 @@
 //! `control-plane/tests/`, where Cargo provides the `meridian` binary's path. See
 //! `docs/testing.md`.
 
+pub mod backend;
 pub mod cluster;
 pub mod linearizability;
+pub mod mesh;
 pub mod otlp;
 
 pub use cluster::ProcessCluster;

@@ -15,6 +15,7 @@
 //! scripts/bench                          # --clients 1,64
 //! scripts/bench --pin --repeat 3         # servers on core 0, load generator on core 1, median of 3
 //! scripts/bench --systems etcd           # only one side
+//! scripts/bench --pin --scenario proxy   # meridian-proxy vs haproxy, 90/10 over nginx, wrk
 //! ```
 //!
 //! The `meridian` binary is looked up next to this one (`target/release/meridian`) unless
@@ -31,6 +32,8 @@ mod cluster;
 mod dns;
 #[path = "meridian-bench/load.rs"]
 mod load;
+#[path = "meridian-bench/proxy.rs"]
+mod proxy;
 #[path = "meridian-bench/servers.rs"]
 mod servers;
 #[path = "meridian-bench/watch.rs"]
@@ -95,7 +98,8 @@ struct Args {
     #[arg(long, default_value = "etcd")]
     etcd_bin: PathBuf,
 
-    /// Which comparison: `writes` (Meridian vs etcd) or `dns` (Meridian vs Knot, dnsperf).
+    /// Which comparison: `writes` (Meridian vs etcd), `dns` (Meridian vs Knot, dnsperf),
+    /// `watch`, `cluster`, or `proxy` (meridian-proxy vs haproxy over nginx, wrk).
     #[arg(long, value_enum, default_value = "writes")]
     scenario: Scenario,
 
@@ -106,6 +110,30 @@ struct Args {
     /// `dns` scenario: the Knot DNS daemon.
     #[arg(long, default_value = "knotd")]
     knot_bin: PathBuf,
+
+    /// `proxy` scenario: wrk connections, one measured level per value.
+    #[arg(long, value_delimiter = ',', default_value = "50")]
+    http_connections: Vec<usize>,
+
+    /// `proxy` scenario: wrk threads.
+    #[arg(long, default_value_t = 2)]
+    http_threads: usize,
+
+    /// `proxy` scenario: seconds of wrk load per run.
+    #[arg(long, default_value_t = 10)]
+    http_seconds: u64,
+
+    /// `proxy` scenario: the `meridian-proxy` binary [default: next to this executable].
+    #[arg(long)]
+    proxy_bin: Option<PathBuf>,
+
+    /// `proxy` scenario: haproxy.
+    #[arg(long, default_value = "/usr/sbin/haproxy")]
+    haproxy_bin: PathBuf,
+
+    /// `proxy` scenario: nginx, the backend.
+    #[arg(long, default_value = "/usr/sbin/nginx")]
+    nginx_bin: PathBuf,
 
     /// Directory in which both data dirs are created [default: the system temp dir].
     #[arg(long)]
@@ -120,6 +148,8 @@ enum Scenario {
     Watch,
     /// 3-node Meridian vs 3-member etcd: writes, leader failover, scale (100k instances).
     Cluster,
+    /// meridian-proxy vs haproxy (90/10 split over nginx, wrk), memory, route apply time.
+    Proxy,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -186,6 +216,25 @@ async fn run(args: Args, machine: String) -> Result<()> {
             args.pin,
             &machine,
         )
+        .await;
+    }
+    if args.scenario == Scenario::Proxy {
+        let proxy = match &args.proxy_bin {
+            Some(path) => path.clone(),
+            None => meridian_bin.with_file_name("meridian-proxy"),
+        };
+        return proxy::run(&proxy::Options {
+            meridian: meridian_bin,
+            proxy,
+            haproxy: args.haproxy_bin,
+            nginx: args.nginx_bin,
+            connections: args.http_connections,
+            threads: args.http_threads,
+            seconds: args.http_seconds,
+            repeat: args.repeat,
+            pin: args.pin,
+            machine,
+        })
         .await;
     }
     let data_root = args.data_root.clone().unwrap_or_else(std::env::temp_dir);

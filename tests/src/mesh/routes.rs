@@ -1,0 +1,69 @@
+//! Route builders for tests: [`SERVICE`]'s routes in a line each.
+
+use std::collections::HashMap;
+
+use meridian_proto::v1 as pb;
+
+use super::SERVICE;
+
+/// A route for [`SERVICE`] with these rules.
+pub fn route(rules: Vec<pb::RouteRule>) -> pb::Route {
+    pb::Route {
+        service: SERVICE.to_owned(),
+        rules,
+        ..Default::default()
+    }
+}
+
+/// A rule matching every request, splitting it by `version`: `[("v1", 80), ("v2", 20)]`.
+pub fn split(weights: &[(&str, u32)]) -> pb::RouteRule {
+    pb::RouteRule {
+        targets: weights
+            .iter()
+            .map(|(version, weight)| pb::WeightedTarget {
+                subset: HashMap::from([("version".to_owned(), (*version).to_owned())]),
+                weight: *weight,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// A route whose every rule retries with `retry`, and with these outlier settings.
+pub fn with_retry(
+    mut rule: pb::RouteRule,
+    retry: pb::RetryPolicy,
+    outlier: pb::OutlierDetection,
+) -> pb::Route {
+    rule.retry = Some(retry);
+    pb::Route {
+        outlier_detection: Some(outlier),
+        ..route(vec![rule])
+    }
+}
+
+/// A rule named `canary` for requests whose header `name` is exactly `exact`.
+pub fn header_rule(name: &str, exact: &str, weights: &[(&str, u32)]) -> pb::RouteRule {
+    pb::RouteRule {
+        name: "canary".into(),
+        r#match: Some(pb::RouteMatch {
+            headers: vec![pb::HeaderMatch {
+                name: name.into(),
+                value: Some(pb::header_match::Value::Exact(exact.into())),
+            }],
+            ..Default::default()
+        }),
+        ..split(weights)
+    }
+}
+
+/// A rule for requests whose path starts with `prefix`.
+pub fn prefix_rule(prefix: &str, weights: &[(&str, u32)]) -> pb::RouteRule {
+    pb::RouteRule {
+        r#match: Some(pb::RouteMatch {
+            path_prefix: prefix.into(),
+            ..Default::default()
+        }),
+        ..split(weights)
+    }
+}
