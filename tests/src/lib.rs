@@ -198,6 +198,23 @@ pub fn free_loopback_addr() -> SocketAddr {
     panic!("no free loopback port between {LOW} and {HIGH}");
 }
 
+/// Asserts a gRPC call failed with `code` and a message starting with `prefix` (the field the
+/// error names, e.g. `route.rules[0].targets`).
+#[track_caller]
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    prefix: &str,
+) {
+    let status = result.expect_err("the call should fail");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(
+        status.message().starts_with(prefix),
+        "message {:?} should start with {prefix:?}",
+        status.message()
+    );
+}
+
 /// Polls `check` until it returns `Some`, for at most `patience`; panics naming `what` if it
 /// never does. Polls every 10 ms: quick on an idle machine, harmless on a busy one.
 pub async fn wait_for<T, F, Fut>(what: &str, patience: Duration, mut check: F) -> T

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use meridian_proto::v1 as pb;
-use meridian_tests::TestNode;
+use meridian_tests::{TestNode, assert_status};
 use tonic::Code;
 
 fn attrs(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -23,18 +23,6 @@ fn register(service: &str, id: &str, port: u32, version: &str) -> pb::RegisterIn
         port,
         attributes: attrs(&[("version", version)]),
     }
-}
-
-/// Asserts the call failed with `code` and a message starting with `prefix` (the field).
-#[track_caller]
-fn assert_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, prefix: &str) {
-    let status = result.expect_err("the call should fail");
-    assert_eq!(status.code(), code, "{status:?}");
-    assert!(
-        status.message().starts_with(prefix),
-        "message {:?} should start with {prefix:?}",
-        status.message()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::routing_client::RoutingClient;
-use meridian_tests::TestNode;
+use meridian_tests::{TestNode, assert_status};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -84,17 +84,6 @@ async fn put(
     r.put_route(pb::PutRouteRequest { route: Some(route) })
         .await
         .map(tonic::Response::into_inner)
-}
-
-#[track_caller]
-fn assert_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, prefix: &str) {
-    let status = result.expect_err("the call should fail");
-    assert_eq!(status.code(), code, "{status:?}");
-    assert!(
-        status.message().starts_with(prefix),
-        "message {:?} should start with {prefix:?}",
-        status.message()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
