@@ -916,6 +916,19 @@ async fn proxy_on_a_follower_follows_a_route_written_at_the_leader() {
         .filter(|&id| id != leader)
         .collect();
     let (follower, other) = (followers[0], followers[1]);
+    // The follower answers from its own replica: let it apply the service first, so the
+    // first state says `exists` (before that it rightly says it does not).
+    wait_for("the follower to see the service", PATIENCE, || async {
+        cluster
+            .registry(follower)
+            .get_service(pb::GetServiceRequest {
+                name: "orders.cafe.local".into(),
+                ..Default::default()
+            })
+            .await
+            .ok()
+    })
+    .await;
 
     // The proxy: hello and a subscription on the follower.
     let (tx, rx) = tokio::sync::mpsc::channel(16);
