@@ -146,10 +146,9 @@ impl RedbStorage {
         }
         drop((state, snap, log, read));
 
-        let had_wal = Wal::exists(dir)?;
         let (mut wal, records) = Wal::open(dir)?;
         let legacy_log = !entries.is_empty();
-        if had_wal {
+        if let Some(records) = records {
             // The redb log is only ever a leftover of a move into the WAL that a crash
             // interrupted after the WAL was complete: the WAL is the truth.
             entries.clear();

@@ -83,12 +83,12 @@ pub(crate) enum Record {
 // === impl Wal ===
 
 impl Wal {
-    /// Opens the log in `dir` and returns every record it holds, in order. Creates the first
-    /// segment if there is none.
-    pub(crate) fn open(dir: &Path) -> Result<(Self, Vec<Record>), RaftError> {
+    /// Opens the log in `dir` and returns every record it holds, in order; `None` when `dir`
+    /// held no log (its first segment is created then).
+    pub(crate) fn open(dir: &Path) -> Result<(Self, Option<Vec<Record>>), RaftError> {
         let segments = segments(dir)?;
         let Some(&last) = segments.last() else {
-            return Ok((Self::create(dir, 1, FIRST_SEGMENT_BYTES)?, Vec::new()));
+            return Ok((Self::create(dir, 1, FIRST_SEGMENT_BYTES)?, None));
         };
         let mut records = Vec::new();
         let mut end = 0;
@@ -132,12 +132,7 @@ impl Wal {
             capacity,
             spare: None,
         };
-        Ok((wal, records))
-    }
-
-    /// Whether `dir` holds a log.
-    pub(crate) fn exists(dir: &Path) -> Result<bool, RaftError> {
-        Ok(!segments(dir)?.is_empty())
+        Ok((wal, Some(records)))
     }
 
     /// Appends `entries` (if any) and `hard_state` (if given) as one write; with `sync` they
@@ -455,7 +450,7 @@ mod tests {
     fn appends_replay_in_order_across_reopens_and_segments() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, records) = Wal::open(dir.path()).unwrap();
-        assert!(records.is_empty());
+        assert!(records.is_none(), "a new log");
         wal.append(&[entry(1, 1), entry(2, 1)], Some(&hs(1, 0)), true)
             .unwrap();
         wal.append(&[], Some(&hs(1, 2)), false).unwrap();
@@ -463,6 +458,7 @@ mod tests {
         drop(wal);
 
         let (mut wal, records) = Wal::open(dir.path()).unwrap();
+        let records = records.unwrap();
         assert_eq!(
             records,
             vec![
@@ -481,6 +477,7 @@ mod tests {
         // 1, then one sized for the big batch, then a spare for the entry after it.
         assert_eq!(segments(dir.path()).unwrap(), vec![1, 2, 3]);
         let (_, records) = Wal::open(dir.path()).unwrap();
+        let records = records.unwrap();
         assert_eq!(records.len(), 6);
         drop(records);
         let (wal, _) = Wal::open(dir.path()).unwrap();
@@ -502,6 +499,7 @@ mod tests {
         file.write_all_at(&[0u8; 16], torn_end - 16).unwrap();
 
         let (mut wal, records) = Wal::open(dir.path()).unwrap();
+        let records = records.unwrap();
         assert_eq!(
             records,
             vec![
@@ -513,6 +511,7 @@ mod tests {
         wal.append(&[entry(2, 2)], None, true).unwrap();
         drop(wal);
         let (_, records) = Wal::open(dir.path()).unwrap();
+        let records = records.unwrap();
         assert_eq!(records.last(), Some(&Record::Entries(vec![entry(2, 2)])));
     }
 
@@ -545,6 +544,7 @@ mod tests {
         drop(wal);
         assert_eq!(segments(dir.path()).unwrap(), vec![2]);
         let (_, records) = Wal::open(dir.path()).unwrap();
+        let records = records.unwrap();
         assert_eq!(
             records,
             vec![
