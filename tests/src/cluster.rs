@@ -188,26 +188,20 @@ impl ProcessCluster {
     /// Waits until the running nodes agree on a leader; returns it.
     pub async fn wait_for_leader(&self, patience: Duration) -> u64 {
         let running = self.running();
-        let deadline = tokio::time::Instant::now() + patience;
-        loop {
-            if let Some(leader) = self.agreed_leader(&running).await {
-                return leader;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                // What each node said is the only clue left once the test's dir is gone.
-                let logs: String = running
-                    .iter()
-                    .map(|id| {
-                        let log = self.log(*id);
-                        let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                        let tail: Vec<&str> = tail.into_iter().rev().collect();
-                        format!("--- node {id} (last lines)\n{}\n", tail.join("\n"))
-                    })
-                    .collect();
-                panic!("gave up waiting for an agreed leader after {patience:?}\n{logs}");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        if let Some(leader) = crate::try_wait_for(patience, || self.agreed_leader(&running)).await {
+            return leader;
         }
+        // What each node said is the only clue left once the test's dir is gone.
+        let logs: String = running
+            .iter()
+            .map(|id| {
+                let log = self.log(*id);
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("--- node {id} (last lines)\n{}\n", tail.join("\n"))
+            })
+            .collect();
+        panic!("gave up waiting for an agreed leader after {patience:?}\n{logs}");
     }
 
     /// Ids of nodes whose process runs (paused ones included).

@@ -217,7 +217,20 @@ pub fn assert_status<T: std::fmt::Debug>(
 
 /// Polls `check` until it returns `Some`, for at most `patience`; panics naming `what` if it
 /// never does. Polls every 10 ms: quick on an idle machine, harmless on a busy one.
-pub async fn wait_for<T, F, Fut>(what: &str, patience: Duration, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, patience: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    match try_wait_for(patience, check).await {
+        Some(v) => v,
+        None => panic!("gave up waiting for {what} after {patience:?}"),
+    }
+}
+
+/// [`wait_for`] that returns `None` when the patience runs out, for a caller that has more to
+/// say than "gave up" (e.g. the nodes' logs).
+pub async fn try_wait_for<T, F, Fut>(patience: Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -225,12 +238,11 @@ where
     let deadline = tokio::time::Instant::now() + patience;
     loop {
         if let Some(v) = check().await {
-            return v;
+            return Some(v);
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting for {what} after {patience:?}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
