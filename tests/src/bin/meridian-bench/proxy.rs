@@ -35,11 +35,11 @@ use meridian_tests::mesh::{Call, MeshClient};
 use tonic::transport::Channel;
 
 use self::procs::{
-    Proc, connect, populate, put_split, start_haproxy, start_meridian, start_nginx, start_proxy,
+    connect, populate, put_split, start_haproxy, start_meridian, start_nginx, start_proxy,
     wait_applied,
 };
 use self::wrk::{Wrk, wrk};
-use crate::servers::free_port;
+use crate::servers::{ServerGuard, free_port};
 
 const NAMESPACE: &str = "bench.local";
 const SERVICE: &str = "web.bench.local";
@@ -340,7 +340,7 @@ async fn route_changes(
 
 /// Polls `addr` with `GET /` until it answers 2xx (30 s at most), failing early if `server`
 /// died.
-async fn wait_http(addr: SocketAddr, server: &mut Proc) -> Result<()> {
+async fn wait_http(addr: SocketAddr, server: &mut ServerGuard) -> Result<()> {
     let client = MeshClient::new(addr);
     let call = Call::get("/").host(SERVICE);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -354,7 +354,7 @@ async fn wait_http(addr: SocketAddr, server: &mut Proc) -> Result<()> {
         ensure!(
             Instant::now() < deadline,
             "{} at {addr} not ready within 30 s: {why}",
-            server.name
+            server.name()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -98,7 +98,12 @@ impl ServerGuard {
         } else {
             Command::new(program)
         };
-        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        // A bench server exports no telemetry, whatever the environment says.
+        cmd.args(args)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
         cmd.spawn()
             .with_context(|| format!("starting {name}: {}", program.display()))
     }
@@ -127,8 +132,26 @@ impl ServerGuard {
         self.dir.path()
     }
 
+    /// What the report calls it (`etcd`, `meridian`, `haproxy`, …).
+    pub(crate) fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Resident memory now, in bytes (`VmRSS` of `/proc/PID/status`).
+    pub(crate) fn rss(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .with_context(|| format!("reading {}'s /proc status", self.name))?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .context("no VmRSS line")?
+            .parse()?;
+        Ok(kib * 1024)
+    }
+
     /// Fails if the process has exited, quoting the end of its log.
-    fn check_alive(&mut self) -> Result<()> {
+    pub(crate) fn check_alive(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!(
                 "{} exited early ({status}); last log lines:\n{}",

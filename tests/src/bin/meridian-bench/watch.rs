@@ -399,19 +399,7 @@ impl Writer {
 
 /// Sum of the resident set sizes of `nodes`, in bytes (from `/proc/PID/status`).
 pub(crate) fn rss(nodes: &[&ServerGuard]) -> Result<u64> {
-    let mut total = 0;
-    for node in nodes {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid()))
-            .context("reading a server's /proc status")?;
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .context("no VmRSS line")?
-            .parse()?;
-        total += kib * 1024;
-    }
-    Ok(total)
+    nodes.iter().map(|node| node.rss()).sum()
 }
 
 /// Starts a 3-node Meridian cluster (direct peer links) and creates the benchmark service.

@@ -3,13 +3,11 @@
 //! calls that set the scenario up.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, ensure};
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::discovery_client::DiscoveryClient;
 use meridian_proto::v1::registry_client::RegistryClient;
@@ -17,94 +15,9 @@ use meridian_proto::v1::routing_client::RoutingClient;
 use tonic::transport::Channel;
 
 use super::{NAMESPACE, SERVICE};
-use crate::servers::free_port;
+use crate::servers::{ServerGuard, free_port};
 
-/// A server process: killed and reaped on drop, then its directory removed.
-pub(super) struct Proc {
-    pub(super) name: &'static str,
-    child: Child,
-    pub(super) command: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-// === impl Proc ===
-
-impl Proc {
-    /// Runs `program args` (under `taskset -c 0` when `pin`) with `RUST_LOG=warn` and no OTLP
-    /// endpoint, logging to a file in `dir`.
-    fn spawn(
-        name: &'static str,
-        program: &Path,
-        args: &[String],
-        pin: bool,
-        dir: tempfile::TempDir,
-    ) -> Result<Self> {
-        let log = dir.path().join(format!("{name}.log"));
-        let out = File::create(&log)?;
-        let mut cmd = if pin {
-            let mut c = Command::new("taskset");
-            c.arg("-c").arg("0").arg(program);
-            c
-        } else {
-            Command::new(program)
-        };
-        cmd.args(args)
-            .env("RUST_LOG", "warn")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {name}: {}", program.display()))?;
-        let command = format!(
-            "{}{} {}",
-            if pin { "taskset -c 0 " } else { "" },
-            program.display(),
-            args.join(" ")
-        );
-        Ok(Self {
-            name,
-            child,
-            command,
-            log,
-            _dir: dir,
-        })
-    }
-
-    /// Fails if the process has exited, quoting its log.
-    pub(super) fn check_alive(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!("{} exited ({status}):\n{}", self.name, tail.join("\n"));
-        }
-        Ok(())
-    }
-
-    /// Resident memory now, in bytes (`VmRSS` of /proc/PID/status).
-    pub(super) fn rss(&self) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .context("no VmRSS line")?
-            .parse()?;
-        Ok(kib * 1024)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub(super) fn start_nginx(bin: &Path, ports: [u16; 2], pin: bool) -> Result<Proc> {
+pub(super) fn start_nginx(bin: &Path, ports: [u16; 2], pin: bool) -> Result<ServerGuard> {
     let dir = tempfile::Builder::new().prefix("bench-nginx-").tempdir()?;
     let d = dir.path().display();
     let server = |port: u16, id: &str| {
@@ -132,10 +45,14 @@ pub(super) fn start_nginx(bin: &Path, ports: [u16; 2], pin: bool) -> Result<Proc
         "-c".to_owned(),
         path.display().to_string(),
     ];
-    Proc::spawn("nginx", bin, &args, pin, dir)
+    ServerGuard::spawn("nginx", bin, args, pin, String::new(), dir)
 }
 
-pub(super) fn start_haproxy(bin: &Path, ports: [u16; 2], pin: bool) -> Result<(Proc, SocketAddr)> {
+pub(super) fn start_haproxy(
+    bin: &Path,
+    ports: [u16; 2],
+    pin: bool,
+) -> Result<(ServerGuard, SocketAddr)> {
     let dir = tempfile::Builder::new()
         .prefix("bench-haproxy-")
         .tempdir()?;
@@ -154,10 +71,13 @@ pub(super) fn start_haproxy(bin: &Path, ports: [u16; 2], pin: bool) -> Result<(P
         path.display().to_string(),
         "-db".to_owned(),
     ];
-    Ok((Proc::spawn("haproxy", bin, &args, pin, dir)?, listen))
+    Ok((
+        ServerGuard::spawn("haproxy", bin, args, pin, format!("http://{listen}"), dir)?,
+        listen,
+    ))
 }
 
-pub(super) fn start_meridian(bin: &Path, pin: bool) -> Result<(Proc, String)> {
+pub(super) fn start_meridian(bin: &Path, pin: bool) -> Result<(ServerGuard, String)> {
     let dir = tempfile::Builder::new()
         .prefix("bench-meridian-")
         .tempdir()?;
@@ -173,11 +93,12 @@ pub(super) fn start_meridian(bin: &Path, pin: bool) -> Result<(Proc, String)> {
         "--admin-listen".to_owned(),
         format!("127.0.0.1:{}", free_port()?),
     ];
-    let proc = Proc::spawn("meridian", bin, &args, pin, dir)?;
-    Ok((proc, format!("http://{listen}")))
+    let url = format!("http://{listen}");
+    let server = ServerGuard::spawn("meridian", bin, args, pin, url.clone(), dir)?;
+    Ok((server, url))
 }
 
-pub(super) fn start_proxy(bin: &Path, grpc: &str, pin: bool) -> Result<(Proc, SocketAddr)> {
+pub(super) fn start_proxy(bin: &Path, grpc: &str, pin: bool) -> Result<(ServerGuard, SocketAddr)> {
     let dir = tempfile::Builder::new().prefix("bench-proxy-").tempdir()?;
     let listen: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let args = vec![
@@ -192,7 +113,17 @@ pub(super) fn start_proxy(bin: &Path, grpc: &str, pin: bool) -> Result<(Proc, So
         "--subscribe".to_owned(),
         SERVICE.to_owned(),
     ];
-    Ok((Proc::spawn("meridian-proxy", bin, &args, pin, dir)?, listen))
+    Ok((
+        ServerGuard::spawn(
+            "meridian-proxy",
+            bin,
+            args,
+            pin,
+            format!("http://{listen}"),
+            dir,
+        )?,
+        listen,
+    ))
 }
 
 /// Connects to the control plane once it accepts writes (creating the namespace proves it).

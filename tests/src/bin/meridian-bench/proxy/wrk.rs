@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 
-use super::procs::Proc;
 use super::{Options, SERVICE};
+use crate::servers::ServerGuard;
 
 /// One wrk run.
 #[derive(Clone, Debug)]
@@ -25,7 +25,7 @@ pub(super) async fn wrk(
     opts: &Options,
     conns: usize,
     addr: SocketAddr,
-    watched: Option<&Proc>,
+    watched: Option<&ServerGuard>,
 ) -> Result<(Wrk, u64)> {
     let mut cmd = if opts.pin {
         let mut c = tokio::process::Command::new("taskset");
