@@ -118,7 +118,8 @@ struct ServerArgs {
     /// bootstrap an empty data dir; a restarted node keeps its membership from disk.
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
-    /// Compact the Raft log after this many applied entries.
+    /// Compact the Raft log after at least this many applied entries, once they also add up
+    /// to the size of the last snapshot.
     #[arg(long, default_value_t = crate::node::NodeConfig::DEFAULT_SNAPSHOT_EVERY)]
     snapshot_every: u64,
     /// Join a running cluster (after `meridian cluster add-node ID ADDR` on it) instead of
