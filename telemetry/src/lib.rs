@@ -2,6 +2,7 @@
 //! through `tracing`, and OpenTelemetry traces and metrics exported over OTLP/gRPC.
 //!
 //! # Layout
+//! - [`args`]: [`TelemetryArgs`], the flags both binaries take;
 //! - [`config`]: [`TelemetryConfig`], from the standard `OTEL_*` variables and the binaries'
 //!   flags (a flag wins over its variable);
 //! - [`pipeline`]: [`Telemetry`], the tracer and meter providers built from a config, the
@@ -19,8 +20,10 @@
 //!
 //! Depends on no other Meridian crate: both binaries use it.
 
+pub mod args;
 pub mod config;
 pub mod pipeline;
 
+pub use args::TelemetryArgs;
 pub use config::{Sampling, TelemetryConfig};
 pub use pipeline::{Telemetry, TelemetryError};

@@ -125,6 +125,13 @@ impl Telemetry {
         Some(tracing_opentelemetry::layer().with_tracer(tracer))
     }
 
+    /// The tracer for spans built directly with the OpenTelemetry API (the proxy's per-request
+    /// spans, where a `tracing` span would cost more than the request); `None` when nothing is
+    /// exported.
+    pub fn tracer(&self) -> Option<SdkTracer> {
+        Some(self.tracer_provider.as_ref()?.tracer(SCOPE))
+    }
+
     /// A meter for Meridian's instruments: exported when an endpoint is set, a no-op
     /// otherwise (recording on it costs next to nothing).
     pub fn meter(&self) -> Meter {
