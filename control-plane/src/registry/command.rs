@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::RegistryError;
+use super::acl::{Token, TokenSpec};
 use super::model::{HealthCheck, HealthStatus, Instance, Namespace, Service};
 use super::names::{self, ServiceName};
 use super::route::{Route, RouteSpec};
@@ -76,6 +77,15 @@ pub enum Command {
         /// The service.
         service: ServiceName,
     },
+    /// Installs the first (admin) token; refused once any token exists.
+    AclBootstrap(TokenSpec),
+    /// Adds a token.
+    CreateToken(TokenSpec),
+    /// Removes a token.
+    RevokeToken {
+        /// Its accessor.
+        accessor: String,
+    },
 }
 
 /// What a new service looks like.
@@ -120,6 +130,8 @@ pub enum Outcome {
     },
     /// The route as it now is.
     Route(Arc<Route>),
+    /// The token created or revoked.
+    Token(Arc<Token>),
     /// Something was removed.
     Removed,
 }
@@ -162,6 +174,16 @@ impl Command {
                 route.validate().map_err(|e| e.within("route."))
             }
             Self::DeleteRoute { service } => service.validate("service"),
+            Self::AclBootstrap(spec) | Self::CreateToken(spec) => spec.validate(),
+            Self::RevokeToken { accessor } => {
+                if accessor.is_empty() || accessor.len() > 64 {
+                    return Err(RegistryError::invalid(
+                        "accessor",
+                        "must be 1-64 characters",
+                    ));
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -46,6 +46,8 @@ pub enum Kind {
     Instance,
     /// The route of a service.
     Route,
+    /// An ACL token (named by its accessor).
+    Token,
 }
 
 // === impl RegistryError ===
@@ -81,6 +83,7 @@ impl fmt::Display for Kind {
             Self::Service => "service",
             Self::Instance => "instance",
             Self::Route => "route of service",
+            Self::Token => "token",
         })
     }
 }

@@ -6,6 +6,7 @@
 //! - [`model`]: namespaces, services, instances and their health;
 //! - [`route`]: a service's route (rules, weighted subsets, retries, load balancing) and its
 //!   validation;
+//! - [`acl`]: tokens (stored as hashes), their policies and the checks against them;
 //! - [`change`]: the change feed (what each command changed, for watchers);
 //! - [`command`]: the replicated commands (each starts with a type tag) and their outcomes;
 //! - [`state`]: [`Registry`], `apply(index, command)`, revisions, snapshot and restore;
@@ -20,6 +21,7 @@
 //! Readers get the registry as an immutable value (`Arc<Registry>`); cloning it is cheap
 //! because namespaces, services and instances are shared behind `Arc`s and copied on write.
 
+pub mod acl;
 pub mod change;
 pub mod command;
 pub mod discover;
@@ -30,10 +32,13 @@ pub mod route;
 pub mod state;
 
 #[cfg(test)]
+mod acl_tests;
+#[cfg(test)]
 mod route_tests;
 #[cfg(test)]
 mod tests;
 
+pub use acl::{Access, Acl, NameMatch, Policy, Resource, Rule, Token, TokenSpec};
 pub use change::{Change, ChangeKind};
 pub use command::{Command, InstanceSpec, Outcome, ServiceSpec};
 pub use discover::{DiscoverQuery, HealthFilter};

@@ -9,6 +9,7 @@ use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
 use super::RegistryError;
+use super::acl::Acl;
 use super::change::{Change, ChangeKind};
 use super::command::{Command, InstanceSpec, Outcome, ServiceSpec};
 use super::error::Kind;
@@ -25,6 +26,9 @@ pub struct Registry {
     /// Index of the last command that changed the registry (the Raft log index).
     revision: u64,
     namespaces: BTreeMap<String, Arc<Namespace>>,
+    /// ACL tokens (absent from snapshots taken before ACLs existed).
+    #[serde(default)]
+    acl: Acl,
 }
 
 // === impl Registry ===
@@ -33,6 +37,11 @@ impl Registry {
     /// An empty registry at revision 0.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The ACL tokens.
+    pub fn acl(&self) -> &Acl {
+        &self.acl
     }
 
     /// The revision of the last change.
@@ -104,6 +113,9 @@ impl Registry {
             } => self.set_health(index, service, id, *health)?,
             Command::PutRoute { service, route } => self.put_route(index, service, route)?,
             Command::DeleteRoute { service } => self.delete_route(index, service)?,
+            Command::AclBootstrap(spec) => Outcome::Token(self.acl.bootstrap(index, spec)?),
+            Command::CreateToken(spec) => Outcome::Token(self.acl.create(index, spec)?),
+            Command::RevokeToken { accessor } => Outcome::Token(self.acl.revoke(accessor)?),
         };
         self.revision = index;
         Ok(outcome)
