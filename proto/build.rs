@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "meridian/v1/peer.proto",
     "meridian/v1/routing.proto",
     "meridian/v1/discovery.proto",
+    "meridian/v1/acl.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
