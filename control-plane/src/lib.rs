@@ -6,6 +6,7 @@
 //! - [`raft`]: the raft-rs driver and its on-disk storage (knows nothing of services);
 //! - [`replica`]: the registry driven by Raft, with the read views the API serves;
 //! - [`api`]: the tonic services;
+//! - [`auth`]: ACL token secrets from call metadata, checked against the replicated tokens;
 //! - [`watch`]: watch streams, fed from the published views (any node);
 //! - [`discovery`]: proxy streams (subscriptions, pushes, acks) and `WaitApplied` (any node);
 //! - [`health`]: TTL heartbeats and active checks (run by the leader);
@@ -18,6 +19,7 @@
 //! `raft` know nothing of each other.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod discovery;
 pub mod dns;

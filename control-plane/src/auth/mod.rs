@@ -1,0 +1,18 @@
+//! Who is calling and what they may do: ACL token secrets from call metadata, checked against
+//! the tokens in the local replica's registry.
+//!
+//! # Layout
+//! - [`secret`]: drawing secrets and accessors (the OS's CSPRNG) and hashing secrets (SHA-256);
+//! - [`check`]: [`Authorizer`], from the `authorization` metadata of a call to the caller's
+//!   policy, and the gRPC statuses for "who are you" and "not allowed".
+//!
+//! # Rules of this room
+//! Answers never say more than UNAUTHENTICATED or PERMISSION_DENIED: not whether a token or a
+//! service exists, not which rule was missing. Checks read the registry a node has applied, so
+//! a revocation takes effect on each node as it applies the command.
+
+pub mod check;
+pub mod secret;
+
+pub use check::{Authorizer, Caller};
+pub use secret::{NewToken, hash_secret};
