@@ -17,6 +17,7 @@
 //! Depends on the registry (types) and the replica (writes and reads); never on Raft
 //! internals beyond the status the replica exposes.
 
+pub mod acl;
 pub mod cluster;
 mod convert;
 pub mod discovery;

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`secret`]: drawing secrets and accessors (the OS's CSPRNG) and hashing secrets (SHA-256);
+//! - [`bootstrap`]: `--acl-bootstrap-token`, the first admin token, installed once;
 //! - [`check`]: [`Authorizer`], from the `authorization` metadata of a call to the caller's
 //!   policy, and the gRPC statuses for "who are you" and "not allowed".
 //!
@@ -11,6 +12,7 @@
 //! service exists, not which rule was missing. Checks read the registry a node has applied, so
 //! a revocation takes effect on each node as it applies the command.
 
+pub mod bootstrap;
 pub mod check;
 pub mod secret;
 

@@ -13,6 +13,7 @@ use crate::registry::{
 };
 use crate::replica::Consistency;
 
+pub(crate) mod acl;
 mod discovery;
 mod route;
 
