@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::error::{registry_status, status};
-use crate::auth::{Authorizer, Caller, NewToken};
+use crate::auth::{self, Authorizer, Caller, NewToken};
 use crate::registry::{Command, Outcome, RegistryError, TokenSpec, names};
 use crate::replica::Replica;
 
@@ -35,8 +35,7 @@ impl AclService {
                 "ACLs are not enabled on this node (--acl-enabled)",
             ));
         }
-        self.auth
-            .caller(&self.replica.current().registry, req.metadata())
+        auth::caller(req)
     }
 }
 

@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use std::time::Duration;
 
 use super::error::status;
+use crate::auth;
 use crate::raft::{MembershipChange, RaftStatus, Role};
 use crate::replica::Replica;
 
@@ -54,6 +55,7 @@ impl ClusterApi for ClusterService {
         &self,
         req: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::AddNodeResponse>, Status> {
+        auth::caller(&req)?.require_admin()?;
         let req = req.into_inner();
         if req.id == 0 {
             return Err(Status::invalid_argument("id: must be at least 1"));
@@ -110,6 +112,7 @@ impl ClusterApi for ClusterService {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        auth::caller(&req)?.require_admin()?;
         let id = req.into_inner().id;
         let now = self.replica.raft().status().await.map_err(status)?;
         let Some(member) = now.members.iter().find(|m| m.id == id) else {
@@ -133,6 +136,7 @@ impl ClusterApi for ClusterService {
         &self,
         req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        auth::caller(&req)?.require_admin()?;
         let id = req.into_inner().id;
         let now = self.replica.raft().status().await.map_err(status)?;
         if !now.members.iter().any(|m| m.id == id && m.voter) {
@@ -160,16 +164,19 @@ impl ClusterApi for ClusterService {
 
     async fn snapshot(
         &self,
-        _: Request<pb::SnapshotRequest>,
+        req: Request<pb::SnapshotRequest>,
     ) -> Result<Response<pb::SnapshotResponse>, Status> {
+        auth::caller(&req)?.require_admin()?;
         let snapshot_index = self.replica.raft().snapshot().await.map_err(status)?;
         Ok(Response::new(pb::SnapshotResponse { snapshot_index }))
     }
 
+    /// Any valid token may read the cluster's status (the layer has authenticated the call).
     async fn status(
         &self,
-        _: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        auth::caller(&req)?;
         let raft = self.replica.raft().status().await.map_err(status)?;
         let role = match raft.role {
             Role::Follower => pb::Role::Follower,

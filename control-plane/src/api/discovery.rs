@@ -19,9 +19,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{self, StateCache};
 use super::error::{discovery_status, registry_status};
-use super::fanout::Fanout;
+use super::fanout::{AUTHORIZATION, Fanout};
+use crate::auth::{self, Caller};
 use crate::discovery::{DiscoveryHandle, Session};
-use crate::registry::{RegistryError, ServiceName};
+use crate::registry::{Access, RegistryError, ServiceName};
 use crate::replica::Replica;
 
 /// What `WaitApplied` waits for when the request says 0.
@@ -47,6 +48,8 @@ struct Conn {
     handle: DiscoveryHandle,
     cache: Arc<StateCache>,
     remote: String,
+    /// Whose token opened the stream: states of services it may not subscribe to are hidden.
+    caller: Caller,
     done: bool,
 }
 
@@ -74,8 +77,10 @@ impl DiscoveryApi for DiscoveryService {
         &self,
         req: Request<Streaming<pb::DiscoveryRequest>>,
     ) -> Reply<Self::StreamStream> {
+        let caller = auth::caller(&req)?;
         let remote = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         let conn = Conn {
+            caller,
             inbound: req.into_inner(),
             session: None,
             handle: self.handle.clone(),
@@ -94,6 +99,8 @@ impl DiscoveryApi for DiscoveryService {
         &self,
         req: Request<pb::ListProxiesRequest>,
     ) -> Reply<pb::ListProxiesResponse> {
+        auth::caller(&req)?.require_admin()?;
+        let authorization = req.metadata().get(AUTHORIZATION).cloned();
         let mut answer = pb::ListProxiesResponse {
             proxies: self
                 .handle
@@ -105,7 +112,7 @@ impl DiscoveryApi for DiscoveryService {
             unreachable_nodes: Vec::new(),
         };
         if !req.into_inner().local_only {
-            let (remote, unreachable) = self.fanout.list_proxies().await?;
+            let (remote, unreachable) = self.fanout.list_proxies(authorization).await?;
             answer.proxies.extend(remote);
             answer.unreachable_nodes = unreachable;
             answer
@@ -119,8 +126,11 @@ impl DiscoveryApi for DiscoveryService {
         &self,
         req: Request<pb::WaitAppliedRequest>,
     ) -> Reply<pb::WaitAppliedResponse> {
+        let caller = auth::caller(&req)?;
+        let authorization = req.metadata().get(AUTHORIZATION).cloned();
         let req = req.into_inner();
         let service = convert::service_name("service", &req.service).map_err(registry_status)?;
+        caller.require_service(&service, Access::Read)?;
         if req.revision == 0 {
             return Err(registry_status(RegistryError::invalid(
                 "revision",
@@ -141,7 +151,7 @@ impl DiscoveryApi for DiscoveryService {
         if req.local_only {
             return Ok(Response::new(convert::wait_pb(&local.await)));
         }
-        let remote = self.fanout.wait_applied(&req, timeout);
+        let remote = self.fanout.wait_applied(&req, timeout, authorization);
         let (local, remote) = futures::join!(local, remote);
         let (others, unreachable) = remote?;
         let mut answer = convert::wait_pb(&local);
@@ -200,7 +210,8 @@ impl Conn {
                 push = session.next_push() => {
                     // None: the hub stopped (shutdown): end the stream.
                     let push = push?;
-                    let response = self.cache.response(&push, self.handle.node_id());
+                    let mut response = self.cache.response(&push, self.handle.node_id());
+                    hide_denied(&self.caller, &mut response);
                     session.sent(push.version);
                     return Some(Ok(response));
                 }
@@ -214,6 +225,27 @@ impl Conn {
         self.done = true;
         self.session = None;
         Some(Err(status))
+    }
+}
+
+/// States of services the stream's token may not subscribe to go out as "no such service":
+/// the proxy learns nothing of them and answers their requests as for a missing service,
+/// while the stream — and every other service on it — lives on. (Failing the stream instead
+/// would let any client of the proxy cut it off by asking for a forbidden host.)
+fn hide_denied(caller: &Caller, response: &mut pb::DiscoveryResponse) {
+    if matches!(caller, Caller::Anyone) {
+        return;
+    }
+    for state in &mut response.services {
+        let allowed = ServiceName::parse("service", &state.service)
+            .is_ok_and(|name| caller.allows_service(&name, Access::Subscribe));
+        if !allowed {
+            *state = pb::ServiceState {
+                service: std::mem::take(&mut state.service),
+                exists: false,
+                ..Default::default()
+            };
+        }
     }
 }
 

@@ -41,16 +41,24 @@ impl Fanout {
         }
     }
 
-    /// Every other member's proxies, and the members that did not answer.
-    pub(crate) async fn list_proxies(&self) -> Result<(Vec<pb::ProxyStatus>, Vec<u64>), Status> {
+    /// Every other member's proxies, and the members that did not answer. `authorization`
+    /// is the caller's, passed on: each member checks it as if called directly.
+    pub(crate) async fn list_proxies(
+        &self,
+        authorization: Option<Authorization>,
+    ) -> Result<(Vec<pb::ProxyStatus>, Vec<u64>), Status> {
         let calls = self
             .others()
             .await?
             .into_iter()
-            .map(|(id, channel)| async move {
-                let mut client = DiscoveryClient::new(channel);
+            .map(|(id, channel)| {
                 let mut request = tonic::Request::new(pb::ListProxiesRequest { local_only: true });
                 request.set_timeout(LIST_TIMEOUT);
+                pass_on(&mut request, authorization.as_ref());
+                (id, channel, request)
+            })
+            .map(|(id, channel, request)| async move {
+                let mut client = DiscoveryClient::new(channel);
                 let answer = tokio::time::timeout(LIST_TIMEOUT, client.list_proxies(request)).await;
                 (id, answer.ok().and_then(Result::ok).map(|r| r.into_inner()))
             });
@@ -72,6 +80,7 @@ impl Fanout {
         &self,
         req: &pb::WaitAppliedRequest,
         timeout: Duration,
+        authorization: Option<Authorization>,
     ) -> Result<(Vec<pb::WaitAppliedResponse>, Vec<u64>), Status> {
         let bound = timeout + WAIT_GRACE;
         let calls = self.others().await?.into_iter().map(|(id, channel)| {
@@ -81,6 +90,7 @@ impl Fanout {
                 ..req.clone()
             });
             request.set_timeout(bound);
+            pass_on(&mut request, authorization.as_ref());
             async move {
                 let mut client = DiscoveryClient::new(channel);
                 let answer = tokio::time::timeout(bound, client.wait_applied(request)).await;
@@ -138,4 +148,17 @@ fn unreachable_channel() -> Channel {
     Endpoint::from_static("http://127.0.0.1:1")
         .connect_timeout(CONNECT_TIMEOUT)
         .connect_lazy()
+}
+
+/// The gRPC metadata key of a call's token.
+pub(crate) const AUTHORIZATION: &str = "authorization";
+
+/// A call's `authorization` metadata value.
+pub(crate) type Authorization = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
+/// Puts the caller's token on a call made on its behalf.
+fn pass_on<T>(request: &mut tonic::Request<T>, authorization: Option<&Authorization>) {
+    if let Some(value) = authorization {
+        request.metadata_mut().insert(AUTHORIZATION, value.clone());
+    }
 }

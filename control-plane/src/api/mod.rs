@@ -109,6 +109,7 @@ pub async fn serve(
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let registry = RegistryServer::new(registry::RegistryService::new(replica.clone(), rooms))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let views = replica.subscribe();
     let cluster = ClusterServer::new(cluster::ClusterService::new(replica));
     // Snapshots arrive in frames of at most 1 MiB; leave room for framing.
     let peer = PeerServer::new(peer).max_decoding_message_size(2 * crate::peer::FRAME_BYTES);
@@ -119,6 +120,11 @@ pub async fn serve(
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tracing::info!(addr = ?local, "gRPC API listening");
     tonic::transport::Server::builder()
+        // Who is calling: every handler checks the caller this puts on the request.
+        .layer(crate::auth::AuthLayer::new(
+            crate::auth::Authorizer::new(false),
+            views,
+        ))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)

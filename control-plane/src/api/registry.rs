@@ -1,5 +1,6 @@
 //! `meridian.v1.Registry`: namespaces, services, instances and discovery.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use meridian_proto::v1 as pb;
@@ -10,7 +11,8 @@ use super::convert;
 use super::error::{registry_status, status};
 use super::forward::Forwarder;
 use super::{Rooms, watch};
-use crate::registry::{Command, Outcome};
+use crate::auth;
+use crate::registry::{Access, Command, Outcome, Service, ServiceName};
 use crate::replica::{Replica, View};
 
 /// The `Registry` gRPC service over the local replica.
@@ -79,12 +81,16 @@ impl RegistryApi for RegistryService {
     type WatchStream = watch::WatchStream;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Reply<Self::WatchStream> {
-        let stream = watch::watch(&self.rooms.watch, req.into_inner()).await?;
+        let caller = auth::caller(&req)?;
+        let stream = watch::watch(&self.rooms.watch, &caller, req.into_inner()).await?;
         Ok(Response::new(stream))
     }
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Reply<pb::HeartbeatResponse> {
         // Any node takes heartbeats: a follower relays them to the leader (`forward.rs`).
+        let service =
+            convert::service_name("service", &req.get_ref().service).map_err(registry_status)?;
+        auth::caller(&req)?.require_service(&service, Access::Write)?;
         let answer = self
             .forwarder
             .heartbeat(&self.replica, &self.rooms.health, req)
@@ -96,8 +102,10 @@ impl RegistryApi for RegistryService {
         &self,
         req: Request<pb::CreateNamespaceRequest>,
     ) -> Reply<pb::CreateNamespaceResponse> {
+        let caller = auth::caller(&req)?;
         let req = req.into_inner();
         let name = convert::namespace_name("name", &req.name).map_err(registry_status)?;
+        caller.require_namespace(&name, Access::Write)?;
         let command = Command::CreateNamespace {
             name,
             description: req.description,
@@ -116,8 +124,12 @@ impl RegistryApi for RegistryService {
         &self,
         req: Request<pb::GetNamespaceRequest>,
     ) -> Reply<pb::GetNamespaceResponse> {
+        let caller = auth::caller(&req)?;
         let req = req.into_inner();
         let name = convert::namespace_name("name", &req.name).map_err(registry_status)?;
+        if !caller.sees_namespace(&name, Access::Read) {
+            return Err(auth::denied());
+        }
         let view = self.read(req.consistency).await?;
         let ns = view.registry.namespace(&name).map_err(registry_status)?;
         Ok(Response::new(pb::GetNamespaceResponse {
@@ -130,12 +142,14 @@ impl RegistryApi for RegistryService {
         &self,
         req: Request<pb::ListNamespacesRequest>,
     ) -> Reply<pb::ListNamespacesResponse> {
+        let caller = auth::caller(&req)?;
         let view = self.read(req.into_inner().consistency).await?;
         Ok(Response::new(pb::ListNamespacesResponse {
             namespaces: view
                 .registry
                 .namespaces()
                 .values()
+                .filter(|ns| caller.sees_namespace(&ns.name, Access::Read))
                 .map(|ns| convert::namespace(ns))
                 .collect(),
             revision: view.registry.revision(),
@@ -146,8 +160,10 @@ impl RegistryApi for RegistryService {
         &self,
         req: Request<pb::DeleteNamespaceRequest>,
     ) -> Reply<pb::DeleteNamespaceResponse> {
+        let caller = auth::caller(&req)?;
         let name =
             convert::namespace_name("name", &req.into_inner().name).map_err(registry_status)?;
+        caller.require_namespace(&name, Access::Write)?;
         let (revision, _) = self.write(Command::DeleteNamespace { name }).await?;
         Ok(Response::new(pb::DeleteNamespaceResponse { revision }))
     }
@@ -156,7 +172,11 @@ impl RegistryApi for RegistryService {
         &self,
         req: Request<pb::CreateServiceRequest>,
     ) -> Reply<pb::CreateServiceResponse> {
+        let caller = auth::caller(&req)?;
         let command = convert::create_service(req.into_inner()).map_err(registry_status)?;
+        if let Command::CreateService(spec) = &command {
+            caller.require_service(&spec.name, Access::Write)?;
+        }
         let (revision, outcome) = self.write(command).await?;
         let Outcome::Service(service) = outcome else {
             return Err(unexpected(&outcome));
@@ -171,8 +191,10 @@ impl RegistryApi for RegistryService {
         &self,
         req: Request<pb::GetServiceRequest>,
     ) -> Reply<pb::GetServiceResponse> {
+        let caller = auth::caller(&req)?;
         let req = req.into_inner();
         let name = convert::service_name("name", &req.name).map_err(registry_status)?;
+        caller.require_service(&name, Access::Read)?;
         let view = self.read(req.consistency).await?;
         let service = view.registry.service(&name).map_err(registry_status)?;
         Ok(Response::new(pb::GetServiceResponse {
@@ -185,20 +207,36 @@ impl RegistryApi for RegistryService {
         &self,
         req: Request<pb::ListServicesRequest>,
     ) -> Reply<pb::ListServicesResponse> {
+        let caller = auth::caller(&req)?;
         let req = req.into_inner();
         let view = self.read(req.consistency).await?;
+        let readable = |s: &&Arc<Service>| {
+            let name = ServiceName {
+                namespace: s.namespace.clone(),
+                service: s.name.clone(),
+            };
+            caller.allows_service(&name, Access::Read)
+        };
         let services = if req.namespace.is_empty() {
             view.registry
                 .namespaces()
                 .values()
                 .flat_map(|ns| ns.services.values())
+                .filter(readable)
                 .map(|s| convert::service(s))
                 .collect()
         } else {
             let name =
                 convert::namespace_name("namespace", &req.namespace).map_err(registry_status)?;
+            if !caller.sees_namespace(&name, Access::Read) {
+                return Err(auth::denied());
+            }
             let ns = view.registry.namespace(&name).map_err(registry_status)?;
-            ns.services.values().map(|s| convert::service(s)).collect()
+            ns.services
+                .values()
+                .filter(readable)
+                .map(|s| convert::service(s))
+                .collect()
         };
         Ok(Response::new(pb::ListServicesResponse {
             services,
@@ -210,8 +248,10 @@ impl RegistryApi for RegistryService {
         &self,
         req: Request<pb::DeleteServiceRequest>,
     ) -> Reply<pb::DeleteServiceResponse> {
+        let caller = auth::caller(&req)?;
         let req = req.into_inner();
         let name = convert::service_name("name", &req.name).map_err(registry_status)?;
+        caller.require_service(&name, Access::Write)?;
         let (revision, _) = self
             .write(Command::DeleteService {
                 name,
@@ -225,10 +265,12 @@ impl RegistryApi for RegistryService {
         &self,
         req: Request<pb::RegisterInstanceRequest>,
     ) -> Reply<pb::RegisterInstanceResponse> {
+        let caller = auth::caller(&req)?;
         let command = convert::register(req.into_inner()).map_err(registry_status)?;
         let Command::RegisterInstance { service, .. } = &command else {
             return Err(Status::internal("conversion produced another command"));
         };
+        caller.require_service(service, Access::Write)?;
         let service = service.clone();
         let (revision, outcome) = self.write(command).await?;
         let Outcome::Instance { instance, replaced } = outcome else {
@@ -245,8 +287,10 @@ impl RegistryApi for RegistryService {
         &self,
         req: Request<pb::DeregisterInstanceRequest>,
     ) -> Reply<pb::DeregisterInstanceResponse> {
+        let caller = auth::caller(&req)?;
         let req = req.into_inner();
         let service = convert::service_name("service", &req.service).map_err(registry_status)?;
+        caller.require_service(&service, Access::Write)?;
         let id = convert::instance_id("id", &req.id).map_err(registry_status)?;
         let (revision, _) = self
             .write(Command::DeregisterInstance { service, id })
@@ -258,8 +302,10 @@ impl RegistryApi for RegistryService {
         &self,
         req: Request<pb::UpdateInstanceHealthRequest>,
     ) -> Reply<pb::UpdateInstanceHealthResponse> {
+        let caller = auth::caller(&req)?;
         let req = req.into_inner();
         let service = convert::service_name("service", &req.service).map_err(registry_status)?;
+        caller.require_service(&service, Access::Write)?;
         let id = convert::instance_id("id", &req.id).map_err(registry_status)?;
         let health = convert::health_status(req.health).map_err(registry_status)?;
         let (revision, outcome) = self
@@ -282,8 +328,10 @@ impl RegistryApi for RegistryService {
         &self,
         req: Request<pb::GetInstanceRequest>,
     ) -> Reply<pb::GetInstanceResponse> {
+        let caller = auth::caller(&req)?;
         let req = req.into_inner();
         let service = convert::service_name("service", &req.service).map_err(registry_status)?;
+        caller.require_service(&service, Access::Read)?;
         let id = convert::instance_id("id", &req.id).map_err(registry_status)?;
         let view = self.read(req.consistency).await?;
         let instance = view
@@ -300,8 +348,10 @@ impl RegistryApi for RegistryService {
         &self,
         req: Request<pb::ListInstancesRequest>,
     ) -> Reply<pb::ListInstancesResponse> {
+        let caller = auth::caller(&req)?;
         let req = req.into_inner();
         let name = convert::service_name("service", &req.service).map_err(registry_status)?;
+        caller.require_service(&name, Access::Read)?;
         let view = self.read(req.consistency).await?;
         let service = view.registry.service(&name).map_err(registry_status)?;
         Ok(Response::new(pb::ListInstancesResponse {
@@ -318,8 +368,10 @@ impl RegistryApi for RegistryService {
         &self,
         req: Request<pb::DiscoverInstancesRequest>,
     ) -> Reply<pb::DiscoverInstancesResponse> {
+        let caller = auth::caller(&req)?;
         let mut req = req.into_inner();
         let name = convert::service_name("service", &req.service).map_err(registry_status)?;
+        caller.require_service(&name, Access::Read)?;
         let query = convert::discover_query(&mut req).map_err(registry_status)?;
         let view = self.read(req.consistency).await?;
         let service = view.registry.service(&name).map_err(registry_status)?;

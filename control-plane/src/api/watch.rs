@@ -10,7 +10,8 @@ use tonic::Status;
 
 use super::convert;
 use super::error::registry_status;
-use crate::registry::{Registry, RegistryError, Service, ServiceName};
+use crate::auth::Caller;
+use crate::registry::{Access, Registry, RegistryError, Service, ServiceName};
 use crate::watch::{EventKind, Scope, SnapshotReason, Subscription, Update, WatchHandle};
 
 /// Most instances (or events) in one message: keeps every message far below gRPC's default
@@ -20,9 +21,19 @@ pub(crate) const PART: usize = 1000;
 /// The server stream of one watcher.
 pub(crate) type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
-/// Validates the request, subscribes and returns the stream.
-pub(crate) async fn watch(hub: &WatchHandle, req: pb::WatchRequest) -> Result<WatchStream, Status> {
+/// Validates the request, checks that `caller` may read its scope (everything: admins
+/// only), subscribes and returns the stream.
+pub(crate) async fn watch(
+    hub: &WatchHandle,
+    caller: &Caller,
+    req: pb::WatchRequest,
+) -> Result<WatchStream, Status> {
     let scope = scope(&req).map_err(registry_status)?;
+    match &scope {
+        Scope::All => caller.require_admin()?,
+        Scope::Namespace(namespace) => caller.require_namespace(namespace, Access::Read)?,
+        Scope::Service(service) => caller.require_service(service, Access::Read)?,
+    }
     let subscription = hub
         .subscribe(scope.clone(), req.start_revision)
         .await

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use http::HeaderMap;
 use tonic::Status;
-use tonic::metadata::MetadataMap;
 
 use crate::registry::{Access, Registry, ServiceName, Token};
 
@@ -37,12 +37,13 @@ impl Authorizer {
         self.enabled
     }
 
-    /// The caller of a call with `metadata`, by the tokens in `registry`.
-    pub fn caller(&self, registry: &Registry, metadata: &MetadataMap) -> Result<Caller, Status> {
+    /// The caller of a call with these `headers` (gRPC metadata), by the tokens in
+    /// `registry`.
+    pub fn caller(&self, registry: &Registry, headers: &HeaderMap) -> Result<Caller, Status> {
         if !self.enabled {
             return Ok(Caller::Anyone);
         }
-        let secret = bearer(metadata).ok_or_else(unauthenticated)?;
+        let secret = bearer(headers).ok_or_else(unauthenticated)?;
         registry
             .acl()
             .by_secret_hash(&hash_secret(secret))
@@ -52,8 +53,8 @@ impl Authorizer {
 }
 
 /// The secret of `authorization: Bearer SECRET` (the scheme in any case).
-fn bearer(metadata: &MetadataMap) -> Option<&str> {
-    let value = metadata.get("authorization")?.to_str().ok()?;
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, secret) = value.split_once(' ')?;
     let secret = secret.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !secret.is_empty()).then_some(secret)
@@ -63,19 +64,28 @@ fn unauthenticated() -> Status {
     Status::unauthenticated("a valid token is required")
 }
 
-fn denied() -> Status {
+/// PERMISSION_DENIED, saying nothing of what was asked for.
+pub fn denied() -> Status {
     Status::permission_denied("the token does not allow this")
 }
 
 // === impl Caller ===
 
 impl Caller {
+    /// Whether `access` on `service` is allowed (for filtering lists).
+    pub fn allows_service(&self, service: &ServiceName, access: Access) -> bool {
+        match self {
+            Self::Anyone => true,
+            Self::Token(token) => token.policy.allows_service(service, access),
+        }
+    }
+
     /// `access` on `service`, or PERMISSION_DENIED.
     pub fn require_service(&self, service: &ServiceName, access: Access) -> Result<(), Status> {
-        match self {
-            Self::Anyone => Ok(()),
-            Self::Token(token) if token.policy.allows_service(service, access) => Ok(()),
-            Self::Token(_) => Err(denied()),
+        if self.allows_service(service, access) {
+            Ok(())
+        } else {
+            Err(denied())
         }
     }
 
@@ -115,12 +125,12 @@ mod tests {
     use crate::auth::NewToken;
     use crate::registry::{Command, NameMatch, Policy, Resource, Rule, TokenSpec};
 
-    fn with(secret: Option<&str>) -> MetadataMap {
-        let mut metadata = MetadataMap::new();
+    fn with(secret: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
         if let Some(secret) = secret {
-            metadata.insert("authorization", format!("Bearer {secret}").parse().unwrap());
+            headers.insert("authorization", format!("Bearer {secret}").parse().unwrap());
         }
-        metadata
+        headers
     }
 
     #[test]
@@ -161,7 +171,7 @@ mod tests {
             let err = acl.caller(&registry, &metadata).unwrap_err();
             assert_eq!(err.code(), Code::Unauthenticated);
         }
-        let mut basic = MetadataMap::new();
+        let mut basic = HeaderMap::new();
         basic.insert("authorization", "Basic abc".parse().unwrap());
         assert_eq!(
             acl.caller(&registry, &basic).unwrap_err().code(),

@@ -7,6 +7,10 @@
 //! - [`check`]: [`Authorizer`], from the `authorization` metadata of a call to the caller's
 //!   policy, and the gRPC statuses for "who are you" and "not allowed".
 //!
+//! - [`layer`]: [`AuthLayer`], which authenticates every call once and hands the [`Caller`]
+//!   to the handlers, which check it against what the call touches;
+//! - [`rate`]: [`RateLimiter`], a token bucket per caller (`RESOURCE_EXHAUSTED` past it);
+//!
 //! # Rules of this room
 //! Answers never say more than UNAUTHENTICATED or PERMISSION_DENIED: not whether a token or a
 //! service exists, not which rule was missing. Checks read the registry a node has applied, so
@@ -14,7 +18,11 @@
 
 pub mod bootstrap;
 pub mod check;
+pub mod layer;
+pub mod rate;
 pub mod secret;
 
-pub use check::{Authorizer, Caller};
+pub use check::{Authorizer, Caller, denied};
+pub use layer::{AuthLayer, caller};
+pub use rate::RateLimiter;
 pub use secret::{NewToken, hash_secret};
