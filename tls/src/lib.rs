@@ -9,6 +9,7 @@
 //!   required, ALPN `h2`);
 //! - [`net`]: TLS connections for tonic — [`net::incoming`] for a server, [`net::Connector`]
 //!   for a `Channel`;
+//! - [`identity`]: which node or client a verified peer certificate names;
 //! - [`init`]: `meridian tls init`, a development CA and node and client certificates.
 //!
 //! Depends on no other Meridian crate: the control plane and the proxy both use it.
@@ -16,6 +17,7 @@
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod identity;
 pub mod init;
 pub mod net;
 pub mod reload;

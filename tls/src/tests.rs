@@ -270,3 +270,21 @@ async fn grpc_over_the_incoming_stream_and_the_connector() {
     stop.cancel();
     serving.await.unwrap().unwrap();
 }
+
+#[test]
+fn certificates_name_their_node_or_client_and_nothing_else() {
+    use crate::identity::{is_client, is_node};
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path(), &options(&[1, 2])).unwrap();
+    let leaf = |file: &str| load_certificates(&dir.path().join(file)).unwrap()[0].clone();
+    let (one, admin) = (leaf("node-1.pem"), leaf("admin.pem"));
+    assert!(is_node(&one, 1));
+    assert!(!is_node(&one, 2));
+    assert!(!is_node(&admin, 1));
+    assert!(is_client(&admin, "admin"));
+    assert!(!is_client(&one, "admin"));
+    assert!(
+        !is_node(&CertificateDer::from(vec![1, 2, 3]), 1),
+        "garbage names nobody"
+    );
+}
