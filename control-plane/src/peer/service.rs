@@ -15,6 +15,9 @@ const MAX_MESSAGE_BYTES: usize = 1 << 30;
 pub struct PeerService<O> {
     id: u64,
     raft: RaftHandle<O>,
+    /// With mutual TLS: each message's sender must be the node the connection's certificate
+    /// names.
+    verify_senders: bool,
 }
 
 // === impl PeerService ===
@@ -22,7 +25,20 @@ pub struct PeerService<O> {
 impl<O> PeerService<O> {
     /// Delivers to the raft node `id` behind `raft`.
     pub fn new(id: u64, raft: RaftHandle<O>) -> Self {
-        Self { id, raft }
+        Self {
+            id,
+            raft,
+            verify_senders: false,
+        }
+    }
+
+    /// Accepts a message only from the node its connection's client certificate names
+    /// (`node-N.peers.meridian`): a stream without a certificate is refused outright. For
+    /// listeners with mutual TLS.
+    #[must_use]
+    pub fn verifying_senders(mut self) -> Self {
+        self.verify_senders = true;
+        self
     }
 }
 
@@ -32,6 +48,15 @@ impl<O: Send + 'static> Peer for PeerService<O> {
         &self,
         request: Request<Streaming<pb::RaftFrame>>,
     ) -> Result<Response<pb::RaftStreamSummary>, Status> {
+        let certificate = match (self.verify_senders, request.peer_certs()) {
+            (false, _) => None,
+            (true, Some(chain)) if !chain.is_empty() => Some(chain[0].clone()),
+            (true, _) => {
+                return Err(Status::unauthenticated(
+                    "raft traffic needs a node certificate from the cluster's CA",
+                ));
+            }
+        };
         let mut frames = request.into_inner();
         let mut pending: Vec<u8> = Vec::new();
         let mut messages = 0u64;
@@ -56,6 +81,14 @@ impl<O: Send + 'static> Peer for PeerService<O> {
                 return Err(Status::failed_precondition(format!(
                     "message for node {} reached node {}",
                     msg.to, self.id
+                )));
+            }
+            if let Some(cert) = &certificate
+                && !meridian_tls::identity::is_node(cert, msg.from)
+            {
+                return Err(Status::permission_denied(format!(
+                    "the certificate presented is not node {}'s",
+                    msg.from
                 )));
             }
             messages += 1;
