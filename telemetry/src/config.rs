@@ -28,6 +28,9 @@ pub struct TelemetryConfig {
     pub sampling: Option<Sampling>,
     /// Between two metric exports.
     pub metric_interval: Duration,
+    /// More resource attributes of the binary's own (e.g. the proxy's
+    /// `meridian.proxy.service`); empty by default.
+    pub resource_attributes: Vec<(String, String)>,
 }
 
 /// Which traces are recorded and exported.
@@ -76,7 +79,16 @@ impl TelemetryConfig {
                 .and_then(|ms| ms.trim().parse::<u64>().ok())
                 .filter(|ms| *ms > 0)
                 .map_or(Self::DEFAULT_METRIC_INTERVAL, Duration::from_millis),
+            resource_attributes: Vec::new(),
         }
+    }
+
+    /// Adds resource attribute `key` = `value`.
+    #[must_use]
+    pub fn with_resource_attribute(mut self, key: &str, value: &str) -> Self {
+        self.resource_attributes
+            .push((key.to_owned(), value.to_owned()));
+        self
     }
 
     /// Overrides the collector endpoint (a flag); an empty string turns export off.

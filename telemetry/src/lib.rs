@@ -23,7 +23,10 @@
 pub mod args;
 pub mod config;
 pub mod pipeline;
+pub mod prometheus;
+pub mod propagation;
 
 pub use args::TelemetryArgs;
 pub use config::{Sampling, TelemetryConfig};
 pub use pipeline::{Telemetry, TelemetryError};
+pub use prometheus::Prometheus;

@@ -16,6 +16,7 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::{Sampling, TelemetryConfig};
+use crate::prometheus::Prometheus;
 
 /// How long one export may take before it is abandoned (the SDK's default is 10 s; a
 /// collector that slow is as good as down, and a shorter limit bounds shutdown).
@@ -24,12 +25,15 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The instrumentation scope of Meridian's own spans and metrics.
 const SCOPE: &str = "meridian";
 
-/// The tracer and meter providers of one process (both absent when nothing is exported).
+/// The tracer and meter providers of one process. The tracer provider exists only when
+/// something is exported; the meter provider always does (it feeds [`Telemetry::prometheus`],
+/// the `/metrics` text), with an OTLP reader beside it when an endpoint is set.
 #[derive(Debug)]
 pub struct Telemetry {
     config: TelemetryConfig,
     tracer_provider: Option<SdkTracerProvider>,
-    meter_provider: Option<SdkMeterProvider>,
+    meter_provider: SdkMeterProvider,
+    prometheus: Prometheus,
 }
 
 /// Why telemetry could not be set up.
@@ -63,18 +67,23 @@ impl Telemetry {
     /// (the OTLP exporters' gRPC channels live on it); connecting is lazy, so a collector
     /// that is down is not an error here.
     pub fn new(config: TelemetryConfig) -> Result<Self, TelemetryError> {
+        let resource = resource(&config);
+        let (prometheus, scrape_reader) = Prometheus::new();
+        let meter_provider = SdkMeterProvider::builder()
+            .with_resource(resource.clone())
+            .with_reader(scrape_reader);
         let Some(endpoint) = config.otlp_endpoint.clone() else {
             return Ok(Self {
                 config,
                 tracer_provider: None,
-                meter_provider: None,
+                meter_provider: meter_provider.build(),
+                prometheus,
             });
         };
         let exporter_error = |source| TelemetryError::Exporter {
             endpoint: endpoint.clone(),
             source,
         };
-        let resource = resource(&config);
 
         let spans = SpanExporter::builder()
             .with_tonic()
@@ -83,7 +92,7 @@ impl Telemetry {
             .build()
             .map_err(exporter_error)?;
         let mut tracer_provider = SdkTracerProvider::builder()
-            .with_resource(resource.clone())
+            .with_resource(resource)
             .with_batch_exporter(spans);
         if let Some(sampling) = config.sampling {
             tracer_provider = tracer_provider.with_sampler(sampler(sampling));
@@ -98,15 +107,12 @@ impl Telemetry {
         let reader = PeriodicReader::builder(metrics)
             .with_interval(config.metric_interval)
             .build();
-        let meter_provider = SdkMeterProvider::builder()
-            .with_resource(resource)
-            .with_reader(reader)
-            .build();
 
         Ok(Self {
             config,
             tracer_provider: Some(tracer_provider.build()),
-            meter_provider: Some(meter_provider),
+            meter_provider: meter_provider.with_reader(reader).build(),
+            prometheus,
         })
     }
 
@@ -132,18 +138,22 @@ impl Telemetry {
         Some(self.tracer_provider.as_ref()?.tracer(SCOPE))
     }
 
-    /// A meter for Meridian's instruments: exported when an endpoint is set, a no-op
-    /// otherwise (recording on it costs next to nothing).
+    /// A meter for Meridian's instruments: rendered by [`Telemetry::prometheus`] always, and
+    /// exported over OTLP when an endpoint is set.
     pub fn meter(&self) -> Meter {
-        match &self.meter_provider {
-            Some(provider) => provider.meter(SCOPE),
-            None => opentelemetry::global::meter_provider().meter(SCOPE),
-        }
+        self.meter_provider.meter(SCOPE)
+    }
+
+    /// The Prometheus text of every instrument made from [`Telemetry::meter`], for a
+    /// `/metrics` endpoint (works with or without an OTLP endpoint).
+    pub fn prometheus(&self) -> Prometheus {
+        self.prometheus.clone()
     }
 
     /// Installs this process's global `tracing` subscriber: human-readable logs to stderr
     /// filtered by `RUST_LOG` (or `default_filter`), plus the OpenTelemetry layer when
-    /// exporting; and W3C trace-context propagation for `traceparent` headers.
+    /// exporting (and the same tracer provider as the global one, for spans built with the
+    /// OpenTelemetry API); and W3C trace-context propagation for `traceparent` headers.
     pub fn install(&self, default_filter: &str) -> Result<(), TelemetryError> {
         let filter = match std::env::var("RUST_LOG") {
             Ok(filter) if !filter.trim().is_empty() => filter,
@@ -154,6 +164,9 @@ impl Telemetry {
             source,
         })?;
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        if let Some(provider) = &self.tracer_provider {
+            opentelemetry::global::set_tracer_provider(provider.clone());
+        }
         tracing_subscriber::registry()
             .with(filter)
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
@@ -173,13 +186,12 @@ impl Telemetry {
                 }
             })
         });
-        let metrics = self.meter_provider.map(|provider| {
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = provider.shutdown() {
-                    tracing::debug!(error = %e, "metric exporter shutdown");
-                }
-            })
-        });
+        let provider = self.meter_provider;
+        let metrics = Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = provider.shutdown() {
+                tracing::debug!(error = %e, "metric exporter shutdown");
+            }
+        }));
         for task in [traces, metrics].into_iter().flatten() {
             if let Err(e) = task.await {
                 tracing::warn!(error = %e, "telemetry shutdown panicked");
@@ -196,9 +208,7 @@ impl Telemetry {
             if let Some(provider) = tracer {
                 let _ = provider.force_flush();
             }
-            if let Some(provider) = meter {
-                let _ = provider.force_flush();
-            }
+            let _ = meter.force_flush();
         })
         .await;
     }
@@ -213,6 +223,12 @@ fn resource(config: &TelemetryConfig) -> Resource {
             KeyValue::new("service.version", config.service_version.clone()),
             KeyValue::new("service.instance.id", config.instance_id.clone()),
         ])
+        .with_attributes(
+            config
+                .resource_attributes
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+        )
         .build()
 }
 
