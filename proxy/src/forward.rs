@@ -53,6 +53,16 @@ pub(crate) struct Plan<'a> {
     pub(crate) client: SocketAddr,
 }
 
+/// What the tries of one request did, for its span: written by [`Upstream::forward`] as it
+/// goes (two stores per try, on the stack: nothing to pay for when tracing is off).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Tries {
+    /// The endpoint of the last try (none: no endpoint was picked).
+    pub(crate) endpoint: Option<SocketAddr>,
+    /// Tries after the first.
+    pub(crate) retries: u32,
+}
+
 // === impl Upstream ===
 
 impl Upstream {
@@ -77,11 +87,13 @@ impl Upstream {
         self.http1.reap_idle(shutdown).await;
     }
 
-    /// Sends the request per `plan`, retrying as its rule allows, within the rule's timeout.
+    /// Sends the request per `plan`, retrying as its rule allows, within the rule's timeout;
+    /// `report` says where the tries went.
     pub(crate) async fn forward(
         &self,
         plan: &Plan<'_>,
         req: Request<Incoming>,
+        report: &mut Tries,
     ) -> Result<Response<Body>, RequestError> {
         let (mut parts, body) = req.into_parts();
         prepare_headers(&mut parts.headers, &parts.uri, plan.client);
@@ -100,7 +112,7 @@ impl Upstream {
                 }
                 _ => Err(body),
             };
-            self.tries(plan, &mut parts, replay).await
+            self.tries(plan, &mut parts, replay, report).await
         };
         let timeout = plan.rule.timeout;
         match tokio::time::timeout(timeout, whole).await {
@@ -117,6 +129,7 @@ impl Upstream {
         plan: &Plan<'_>,
         parts: &mut http::request::Parts,
         replay: Result<Bytes, Incoming>,
+        report: &mut Tries,
     ) -> Result<Response<Body>, RequestError> {
         let service = &plan.service.state.name;
         let policy = plan.rule.retry.as_ref();
@@ -143,6 +156,8 @@ impl Upstream {
                     subset: plan.subset.label.clone(),
                 });
             };
+            report.endpoint = Some(endpoint.addr);
+            report.retries = u32::try_from(tries).unwrap_or(u32::MAX);
             let body = match (&buffered, streamed.take()) {
                 (Some(bytes), _) if bytes.is_empty() => empty(),
                 (Some(bytes), _) => full(bytes.clone()),

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -15,10 +15,11 @@ use crate::body::Body;
 use crate::config::LoadBalancer;
 use crate::discovery::Discovery;
 use crate::error::RequestError;
-use crate::forward::{Plan, Upstream};
+use crate::forward::{Plan, Tries, Upstream};
 use crate::metrics::{Metrics, UNKNOWN_SERVICE};
 use crate::route::{self, RequestView};
 use crate::table::ServiceTable;
+use crate::trace::{RequestSpan, Tracing};
 
 /// How long the first request for a service not yet subscribed waits for its first state.
 /// The control plane answers a subscription at once, so this only runs out when it is slow or
@@ -32,6 +33,8 @@ pub(crate) struct Handler {
     pub(crate) default_service: Option<String>,
     pub(crate) upstream: Upstream,
     pub(crate) metrics: Arc<Metrics>,
+    /// Per-request spans; `None` (no OTLP endpoint): trace headers are not even read.
+    pub(crate) tracing: Option<Tracing>,
 }
 
 // === impl Handler ===
@@ -40,14 +43,20 @@ impl Handler {
     /// Answers one request (never fails: errors become short text responses).
     pub(crate) async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         client: SocketAddr,
     ) -> Response<Body> {
         let started = Instant::now();
+        // Wall-clock start for the span, read only when tracing.
+        let wall = self.tracing.as_ref().map(|_| SystemTime::now());
         let service = match self.resolve(&req).await {
             Ok(service) => service,
-            Err((label, error)) => return self.refuse(&label, error, started),
+            Err((label, error)) => {
+                let span = self.span(&req, None, wall);
+                return self.refuse(&label, error, started, span);
+            }
         };
+        let span = self.span(&req, Some(&service.state.name), wall);
         let view = RequestView {
             method: req.method(),
             path: req.uri().path(),
@@ -59,7 +68,7 @@ impl Handler {
                 method: req.method().clone(),
                 path: req.uri().path().to_owned(),
             };
-            return self.refuse(&service.state.name, error, started);
+            return self.refuse(&service.state.name, error, started, span);
         };
         let (rule, resolved) = (&service.route.rules[index], &service.rules[index]);
         let mut rng = fastrand::Rng::new();
@@ -69,7 +78,7 @@ impl Handler {
                 service: service.state.name.clone(),
                 subset: "-".into(),
             };
-            return self.refuse(&service.state.name, error, started);
+            return self.refuse(&service.state.name, error, started, span);
         };
         let subset = &resolved.subsets[target];
         let hash = match &service.route.load_balancer {
@@ -89,7 +98,11 @@ impl Handler {
             hash,
             client,
         };
-        let response = match self.upstream.forward(&plan, req).await {
+        if let Some(span) = &span {
+            span.inject(req.headers_mut());
+        }
+        let mut tries = Tries::default();
+        let response = match self.upstream.forward(&plan, req, &mut tries).await {
             Ok(response) => response,
             Err(error) => {
                 tracing::debug!(service = %service.state.name, subset = %subset.label, %error, "request failed");
@@ -100,6 +113,9 @@ impl Handler {
             .metrics
             .record(response.status().as_u16(), started.elapsed());
         tracing::trace!(service = %service.state.name, subset = %subset.label, status = response.status().as_u16(), "proxied");
+        if let Some(span) = span {
+            span.finish(response.status().as_u16(), Some(&subset.label), tries);
+        }
         response
     }
 
@@ -159,13 +175,40 @@ impl Handler {
         }
     }
 
-    fn refuse(&self, service_label: &str, error: RequestError, started: Instant) -> Response<Body> {
+    /// The request's span, when tracing (`service`: what it resolved to, if anything).
+    fn span(
+        &self,
+        req: &Request<Incoming>,
+        service: Option<&str>,
+        wall: Option<SystemTime>,
+    ) -> Option<RequestSpan> {
+        let tracing = self.tracing.as_ref()?;
+        Some(tracing.start(
+            req.method(),
+            req.uri().path(),
+            request_host(req).as_deref(),
+            service,
+            req.headers(),
+            wall.unwrap_or_else(SystemTime::now),
+        ))
+    }
+
+    fn refuse(
+        &self,
+        service_label: &str,
+        error: RequestError,
+        started: Instant,
+        span: Option<RequestSpan>,
+    ) -> Response<Body> {
         tracing::debug!(service = %service_label, %error, "request refused");
         let response = error.into_response();
         self.metrics
             .service(service_label)
             .subset("-")
             .record(response.status().as_u16(), started.elapsed());
+        if let Some(span) = span {
+            span.finish(response.status().as_u16(), None, Tries::default());
+        }
         response
     }
 }

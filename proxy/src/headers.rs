@@ -1,6 +1,7 @@
 //! What the proxy changes in the headers it forwards: hop-by-hop headers out (both ways), and
-//! on requests `Host` from `:authority`, the client appended to `X-Forwarded-For`, and a W3C
-//! `traceparent` continued or started.
+//! on requests `Host` from `:authority` and the client appended to `X-Forwarded-For`. Trace
+//! headers are not touched here: with tracing on, [`crate::trace`] rewrites them; with it off
+//! they pass through like any other header.
 //!
 //! On the hot path of every request, so written to cost nothing when there is nothing to do:
 //! one scan of the names finds hop-by-hop headers before any removal, and the new values are
@@ -13,10 +14,7 @@ use bytes::{BufMut as _, BytesMut};
 use http::Uri;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// `00-` + 32 + `-` + 16 + `-` + 2.
-const TRACEPARENT_LEN: usize = 55;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) are not forwarded; `te: trailers` is kept because
 /// gRPC needs it end to end.
@@ -80,8 +78,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Hop-by-hop headers out; `Host` set from the request's authority (an HTTP/2 request carries
-/// it only in `:authority`); the client's address appended to `X-Forwarded-For`; a W3C
-/// `traceparent` continued (new span id, same trace) or started.
+/// it only in `:authority`); the client's address appended to `X-Forwarded-For`.
 pub(crate) fn prepare_headers(headers: &mut HeaderMap, uri: &Uri, client: SocketAddr) {
     strip_hop_by_hop(headers);
     if let Some(authority) = uri.authority()
@@ -110,92 +107,11 @@ pub(crate) fn prepare_headers(headers: &mut HeaderMap, uri: &Uri, client: Socket
     if let Ok(value) = forwarded {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    let traceparent = continue_trace(headers.get(&TRACEPARENT).map(HeaderValue::as_bytes));
-    if let Ok(value) = HeaderValue::from_bytes(&traceparent) {
-        headers.insert(TRACEPARENT.clone(), value);
-    }
-}
-
-/// `00-<trace id>-<parent id>-<flags>`: keeps a valid incoming trace id and flags with this hop
-/// as the new parent, or starts a sampled trace.
-fn continue_trace(incoming: Option<&[u8]>) -> [u8; TRACEPARENT_LEN] {
-    let mut out = [b'-'; TRACEPARENT_LEN];
-    out[..2].copy_from_slice(b"00");
-    match incoming.filter(|t| is_valid_traceparent(t)) {
-        Some(t) => {
-            out[3..35].copy_from_slice(&t[3..35]);
-            out[53..55].copy_from_slice(&t[53..55]);
-        }
-        None => {
-            hex(&mut out[3..19], fastrand::u64(1..));
-            hex(&mut out[19..35], fastrand::u64(..));
-            out[53..55].copy_from_slice(b"01");
-        }
-    }
-    hex(&mut out[36..52], fastrand::u64(1..));
-    out
-}
-
-/// Version `00`, a 32-hex-digit trace id that is not all zeros, a 16-digit parent id and
-/// 2-digit flags, dash-separated.
-fn is_valid_traceparent(t: &[u8]) -> bool {
-    let hex_at = |range: std::ops::Range<usize>| t[range].iter().all(u8::is_ascii_hexdigit);
-    t.len() == TRACEPARENT_LEN
-        && t.starts_with(b"00-")
-        && t[35] == b'-'
-        && t[52] == b'-'
-        && hex_at(3..35)
-        && hex_at(36..52)
-        && hex_at(53..55)
-        && t[3..35].iter().any(|b| *b != b'0')
-}
-
-/// `value` as 16 lower-case hex digits into `out` (16 bytes).
-fn hex(out: &mut [u8], value: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (i, slot) in out.iter_mut().enumerate() {
-        let shift = 60 - 4 * i;
-        *slot = DIGITS[((value >> shift) & 0xf) as usize];
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn text(t: &[u8]) -> &str {
-        std::str::from_utf8(t).unwrap()
-    }
-
-    #[test]
-    fn traceparent_is_continued_or_started() {
-        let incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        let next = continue_trace(Some(incoming.as_bytes()));
-        let next = text(&next);
-        assert!(
-            next.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
-            "{next}"
-        );
-        assert!(next.ends_with("-01"));
-        assert_ne!(&next[36..52], "b7ad6b7169203331");
-        assert!(is_valid_traceparent(next.as_bytes()), "{next}");
-        for bad in [
-            "garbage",
-            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0g",
-            "00-0af7651916cd43dd8448eb211c80319c+b7ad6b7169203331-01",
-        ] {
-            let fresh = continue_trace(Some(bad.as_bytes()));
-            let fresh = text(&fresh);
-            assert!(
-                fresh.starts_with("00-") && fresh.ends_with("-01"),
-                "{fresh}"
-            );
-            assert!(is_valid_traceparent(fresh.as_bytes()), "{fresh}");
-            assert_ne!(&fresh[3..35], bad.get(3..35).unwrap_or(""), "{bad}");
-        }
-    }
 
     #[test]
     fn hop_by_hop_headers_are_dropped() {
@@ -241,7 +157,7 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "192.0.2.1, 2001:db8::7");
         assert!(h.get(header::TE).is_none() && h.get(header::TRANSFER_ENCODING).is_none());
         assert!(h.get(header::HOST).is_none());
-        assert!(is_valid_traceparent(h["traceparent"].as_bytes()));
+        assert!(h.get("traceparent").is_none(), "no trace header is made up");
     }
 
     #[test]

@@ -16,11 +16,13 @@
 //!   least request, ring hash.
 //! - `outlier.rs`, `retry.rs`: ejection and retry decisions, pure over an explicit clock.
 //! - `forward.rs`: tries, timeouts, retries; `pool.rs`: pooled HTTP/1.1 upstream connections;
-//!   `headers.rs`: hop-by-hop, `X-Forwarded-For`, `traceparent`;
+//!   `headers.rs`: hop-by-hop, `X-Forwarded-For`;
 //!   `handler.rs`: one request end to end.
 //! - `error.rs`: [`ProxyError`] and the single request-error → HTTP status mapping.
 //! - `server.rs`: listeners and drain; `admin.rs`: `/ready`, `/config`, `/metrics`;
-//!   `metrics.rs`: the counters behind `/metrics`.
+//!   `metrics.rs`: the counters behind `/metrics`; `otlp.rs`: the same over OTLP.
+//! - `trace.rs`: one OpenTelemetry SERVER span per request, when a tracer is configured
+//!   ([`ProxyTelemetry`]); trace headers in and out through `meridian_telemetry::propagation`.
 
 mod admin;
 mod authority;
@@ -33,6 +35,7 @@ mod forward;
 mod handler;
 mod headers;
 mod metrics;
+mod otlp;
 mod outlier;
 mod pool;
 mod retry;
@@ -41,12 +44,16 @@ mod server;
 mod table;
 #[cfg(test)]
 mod tests;
+mod trace;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meridian_telemetry::{Telemetry, TelemetryArgs, TelemetryConfig};
+use opentelemetry::metrics::Meter;
+use opentelemetry_sdk::trace::SdkTracer;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -79,6 +86,19 @@ pub struct ProxyConfig {
     pub subscribe: Vec<String>,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_timeout: Duration,
+    /// Spans and OTLP metrics (default: neither).
+    pub telemetry: ProxyTelemetry,
+}
+
+/// What a proxy exports: spans per request when it has a tracer, its metrics over OTLP when it
+/// has a meter. Both `None` (the default): trace headers pass through untouched and nothing
+/// is recorded beyond `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyTelemetry {
+    /// The tracer of per-request SERVER spans.
+    pub tracer: Option<SdkTracer>,
+    /// The meter the proxy's metrics are exported through.
+    pub meter: Option<Meter>,
 }
 
 /// A started proxy: both listeners are bound. Dropping it aborts the proxy's tasks at once
@@ -104,6 +124,24 @@ impl ProxyConfig {
             proxy_id: None,
             subscribe: Vec::new(),
             drain_timeout: Duration::from_secs(10),
+            telemetry: ProxyTelemetry::default(),
+        }
+    }
+
+    /// The telemetry configuration of this proxy: the `OTEL_*` variables with `args` on top,
+    /// `service.name` `meridian-proxy` unless overridden, `service.instance.id` the proxy id
+    /// (the default one is built from the configured listen address, not a port 0 picks), and
+    /// `meridian.proxy.service` the service it fronts, when set.
+    pub fn telemetry_config(&self, args: &TelemetryArgs) -> TelemetryConfig {
+        let service = self.service_name.as_ref().map(|s| s.to_ascii_lowercase());
+        let id = self
+            .proxy_id
+            .clone()
+            .unwrap_or_else(|| default_proxy_id(service.as_deref(), self.listen));
+        let config = args.config("meridian-proxy", env!("CARGO_PKG_VERSION"), &id);
+        match service {
+            Some(service) => config.with_resource_attribute("meridian.proxy.service", &service),
+            None => config,
         }
     }
 
@@ -159,6 +197,29 @@ impl ProxyConfig {
         }
         Ok(())
     }
+}
+
+// === impl ProxyTelemetry ===
+
+impl ProxyTelemetry {
+    /// The tracer and meter of `telemetry`; none of either when it exports nothing (the
+    /// proxy then reads no trace header and records nothing twice).
+    pub fn from_telemetry(telemetry: &Telemetry) -> Self {
+        let exports = telemetry.config().exports();
+        Self {
+            tracer: telemetry.tracer(),
+            meter: exports.then(|| telemetry.meter()),
+        }
+    }
+}
+
+/// `<service or "proxy">-<pid>@<listen address>`.
+fn default_proxy_id(service: Option<&str>, listen: SocketAddr) -> String {
+    format!(
+        "{}-{}@{listen}",
+        service.unwrap_or("proxy"),
+        std::process::id()
+    )
 }
 
 // === impl RunningProxy ===
@@ -221,19 +282,22 @@ pub async fn start(
     let listen = local(&data_listener, "listen", config.listen)?;
     let admin = local(&admin_listener, "admin", config.admin)?;
     let service_name = config.service_name.as_ref().map(|s| s.to_ascii_lowercase());
-    let proxy_id = config.proxy_id.clone().unwrap_or_else(|| {
-        format!(
-            "{}-{}@{listen}",
-            service_name.as_deref().unwrap_or("proxy"),
-            std::process::id()
-        )
-    });
+    let proxy_id = config
+        .proxy_id
+        .clone()
+        .unwrap_or_else(|| default_proxy_id(service_name.as_deref(), listen));
     let default_service = config
         .default_service
         .as_ref()
         .map(|s| s.to_ascii_lowercase());
 
-    let metrics = Arc::new(metrics::Metrics::default());
+    let metrics = Arc::new(match &config.telemetry.meter {
+        Some(meter) => metrics::Metrics::with_latency(otlp::latency_histogram(meter)),
+        None => metrics::Metrics::default(),
+    });
+    if let Some(meter) = &config.telemetry.meter {
+        otlp::register(meter, &metrics);
+    }
     let (table_tx, table_rx) = watch::channel(Arc::new(Table::default()));
     let (subscribe_tx, subscribe_rx) = mpsc::unbounded_channel();
     let status = Arc::new(discovery::Status::default());
@@ -268,6 +332,7 @@ pub async fn start(
         default_service,
         upstream: upstream.clone(),
         metrics: Arc::clone(&metrics),
+        tracing: config.telemetry.tracer.clone().map(trace::Tracing::new),
     });
     let data_fn: HandlerFn =
         Arc::new(move |req, client| Box::pin(Arc::clone(&handler).handle(req, client)));

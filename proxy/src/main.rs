@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use meridian_proxy::ProxyConfig;
+use meridian_proxy::{ProxyConfig, ProxyTelemetry};
+use meridian_telemetry::{Telemetry, TelemetryArgs};
 use tokio_util::sync::CancellationToken;
 
 /// mimalloc rather than glibc's malloc: a proxied request allocates and frees dozens of small
@@ -51,6 +52,8 @@ struct Args {
     /// scheduler).
     #[arg(long, env = "MERIDIAN_PROXY_THREADS")]
     threads: Option<usize>,
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -92,13 +95,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let config = ProxyConfig {
+    let mut config = ProxyConfig {
         control_plane: args.control_plane,
         listen: args.listen,
         admin: args.admin,
@@ -107,7 +104,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         proxy_id: args.proxy_id,
         subscribe: args.subscribe,
         drain_timeout: args.drain_timeout,
+        telemetry: ProxyTelemetry::default(),
     };
+    // Built inside the runtime: the OTLP exporters' channels live on it.
+    let telemetry =
+        Telemetry::new(config.telemetry_config(&args.telemetry)).context("setting up telemetry")?;
+    telemetry.install("info").context("installing logging")?;
+    config.telemetry = ProxyTelemetry::from_telemetry(&telemetry);
+    if let Some(endpoint) = &telemetry.config().otlp_endpoint {
+        tracing::info!(%endpoint, sampling = ?telemetry.config().sampling, "exporting traces and metrics over OTLP");
+    }
+    let result = serve(config).await;
+    // After the drain: export what is buffered (bounded by the export timeout when the
+    // collector is down), then stop the exporters.
+    telemetry.shutdown().await;
+    result
+}
+
+async fn serve(config: ProxyConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let proxy = meridian_proxy::start(config, shutdown.clone())
         .await

@@ -3,6 +3,10 @@
 //! Hand-rolled over atomics rather than the `prometheus` crate: the set is small and fixed, the
 //! hot path is one map-free update (a request's subset holds its own counters, found when the
 //! config was built), and it adds no crate to the build.
+//!
+//! The same atomics are exported over OTLP when an endpoint is set ([`crate::otlp`]): counters
+//! and gauges as observable instruments read at export time; the latency histogram is the one
+//! metric recorded twice, into an OpenTelemetry histogram beside the atomics, and only then.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,9 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use opentelemetry::metrics::Histogram;
+use opentelemetry::{Key, KeyValue, StringValue, Value};
+
 /// Histogram bucket bounds in seconds: from sub-millisecond loopback hops to the 15 s default
 /// timeout.
-const BUCKETS: [f64; 15] = [
+pub(crate) const BUCKETS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 /// Status codes 100..=599 are counted in a flat array.
@@ -28,14 +35,19 @@ pub(crate) struct Metrics {
     pub(crate) discovery_connected: AtomicU64,
     pub(crate) configs_applied: AtomicU64,
     pub(crate) configs_rejected: AtomicU64,
+    /// `http.server.request.duration`, when exporting over OTLP.
+    latency: Option<Histogram<f64>>,
 }
 
 /// Per-service counters and the subsets' histograms.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ServiceMetrics {
     pub(crate) retries: AtomicU64,
     pub(crate) ejections: AtomicU64,
     subsets: Mutex<BTreeMap<String, Arc<SubsetMetrics>>>,
+    /// The service's name as an attribute value (shared, cloned without allocating).
+    name: StringValue,
+    latency: Option<Histogram<f64>>,
 }
 
 /// Requests by status code and a latency histogram, for one subset of one service.
@@ -45,43 +57,67 @@ pub(crate) struct SubsetMetrics {
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_micros: AtomicU64,
+    otlp: Option<OtlpLatency>,
 }
+
+/// The OpenTelemetry histogram a subset also records into, and its fixed attributes.
+#[derive(Debug)]
+struct OtlpLatency {
+    histogram: Histogram<f64>,
+    service: KeyValue,
+    subset: KeyValue,
+}
+
+static SERVICE_KEY: Key = Key::from_static_str("meridian.service");
+static SUBSET_KEY: Key = Key::from_static_str("meridian.subset");
+static STATUS_KEY: Key = Key::from_static_str("http.response.status_code");
 
 // === impl Metrics ===
 
 impl Metrics {
+    /// Metrics whose request latencies are also recorded into `latency` (OTLP export on).
+    pub(crate) fn with_latency(latency: Histogram<f64>) -> Self {
+        Self {
+            latency: Some(latency),
+            ..Self::default()
+        }
+    }
+
     /// The metrics of `service` (created on first use; kept for the process's life).
     pub(crate) fn service(&self, service: &str) -> Arc<ServiceMetrics> {
         let mut services = self
             .services
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Arc::clone(services.entry(service.to_owned()).or_default())
+        Arc::clone(services.entry(service.to_owned()).or_insert_with(|| {
+            Arc::new(ServiceMetrics {
+                retries: AtomicU64::new(0),
+                ejections: AtomicU64::new(0),
+                subsets: Mutex::default(),
+                name: StringValue::from(Arc::<str>::from(service)),
+                latency: self.latency.clone(),
+            })
+        }))
+    }
+
+    /// Every service's metrics so far, by name.
+    pub(crate) fn services(&self) -> Vec<(String, Arc<ServiceMetrics>)> {
+        let map = self
+            .services
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect()
     }
 
     /// Prometheus text exposition format 0.0.4.
     pub(crate) fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let services: Vec<(String, Arc<ServiceMetrics>)> = {
-            let map = self
-                .services
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            map.iter()
-                .map(|(k, v)| (k.clone(), Arc::clone(v)))
-                .collect()
-        };
+        let services = self.services();
         let subsets: Vec<(&str, String, Arc<SubsetMetrics>)> = services
             .iter()
-            .flat_map(|(name, s)| {
-                let map = s
-                    .subsets
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                map.iter()
-                    .map(|(k, v)| (name.as_str(), k.clone(), Arc::clone(v)))
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|(name, s)| s.subsets().into_iter().map(|(k, v)| (name.as_str(), k, v)))
             .collect();
 
         header(
@@ -91,17 +127,13 @@ impl Metrics {
             "Requests answered, by service, subset and status code.",
         );
         for (service, subset, m) in &subsets {
-            for (i, c) in m.codes.iter().enumerate() {
-                let n = c.load(Ordering::Relaxed);
-                if n > 0 {
-                    let code = i + 100;
-                    let _ = writeln!(
-                        out,
-                        "meridian_proxy_requests_total{{service=\"{}\",subset=\"{}\",code=\"{code}\"}} {n}",
-                        esc(service),
-                        esc(subset)
-                    );
-                }
+            for (code, n) in m.codes() {
+                let _ = writeln!(
+                    out,
+                    "meridian_proxy_requests_total{{service=\"{}\",subset=\"{}\",code=\"{code}\"}} {n}",
+                    esc(service),
+                    esc(subset)
+                );
             }
         }
         header(
@@ -218,24 +250,50 @@ impl ServiceMetrics {
             .subsets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Arc::clone(
-            subsets
-                .entry(label.to_owned())
-                .or_insert_with(|| Arc::new(SubsetMetrics::new())),
-        )
+        Arc::clone(subsets.entry(label.to_owned()).or_insert_with(|| {
+            let otlp = self.latency.as_ref().map(|histogram| OtlpLatency {
+                histogram: histogram.clone(),
+                service: KeyValue::new(SERVICE_KEY.clone(), Value::String(self.name.clone())),
+                subset: KeyValue::new(
+                    SUBSET_KEY.clone(),
+                    Value::String(StringValue::from(Arc::<str>::from(label))),
+                ),
+            });
+            Arc::new(SubsetMetrics::new(otlp))
+        }))
+    }
+
+    /// This service's subsets so far, by label.
+    pub(crate) fn subsets(&self) -> Vec<(String, Arc<SubsetMetrics>)> {
+        let map = self
+            .subsets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect()
     }
 }
 
 // === impl SubsetMetrics ===
 
 impl SubsetMetrics {
-    fn new() -> Self {
+    fn new(otlp: Option<OtlpLatency>) -> Self {
         Self {
             codes: (0..CODES).map(|_| AtomicU64::new(0)).collect(),
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             count: AtomicU64::new(0),
             sum_micros: AtomicU64::new(0),
+            otlp,
         }
+    }
+
+    /// The status codes answered at least once, with their counts.
+    pub(crate) fn codes(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        (100u16..).zip(self.codes.iter()).filter_map(|(code, c)| {
+            let n = c.load(Ordering::Relaxed);
+            (n > 0).then_some((code, n))
+        })
     }
 
     /// Counts one answered request.
@@ -255,6 +313,17 @@ impl SubsetMetrics {
             u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+        if let Some(otlp) = &self.otlp {
+            // The attribute values are shared strings: cloning them allocates nothing.
+            otlp.histogram.record(
+                secs,
+                &[
+                    otlp.service.clone(),
+                    otlp.subset.clone(),
+                    KeyValue::new(STATUS_KEY.clone(), i64::from(status)),
+                ],
+            );
+        }
     }
 }
 

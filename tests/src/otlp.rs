@@ -53,6 +53,10 @@ pub struct ReceivedMetric {
 
 #[derive(Default)]
 struct Received {
+    /// Keep what arrives (tests), or only count it (the benchmark, where a 100%-sampled
+    /// proxy would fill memory).
+    keep: bool,
+    span_count: u64,
     spans: Vec<ReceivedSpan>,
     metrics: Vec<ReceivedMetric>,
 }
@@ -65,11 +69,23 @@ struct Sink(Arc<Mutex<Received>>);
 impl Collector {
     /// Starts a collector on `127.0.0.1:0`.
     pub async fn start() -> Self {
+        Self::start_with(true).await
+    }
+
+    /// Starts a collector that counts spans ([`Collector::span_count`]) and keeps nothing.
+    pub async fn start_counting() -> Self {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(keep: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the collector");
         let addr = listener.local_addr().expect("collector address");
-        let received = Arc::new(Mutex::new(Received::default()));
+        let received = Arc::new(Mutex::new(Received {
+            keep,
+            ..Received::default()
+        }));
         let stop = CancellationToken::new();
         let sink = Sink(Arc::clone(&received));
         let shutdown = stop.clone().cancelled_owned();
@@ -91,6 +107,11 @@ impl Collector {
     /// The endpoint URL, as `OTEL_EXPORTER_OTLP_ENDPOINT` takes it.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// How many spans arrived so far.
+    pub fn span_count(&self) -> u64 {
+        self.received.lock().expect("collector lock").span_count
     }
 
     /// Every span received so far.
@@ -132,6 +153,28 @@ impl Collector {
         )
         .await
     }
+
+    /// Waits until a span of trace `trace_id` (hex) whose span id is `span_id` (hex; `None`:
+    /// any) arrived; returns it.
+    pub async fn wait_for_span_in(
+        &self,
+        trace_id: &str,
+        span_id: Option<&str>,
+        patience: Duration,
+    ) -> ReceivedSpan {
+        crate::wait_for(
+            &format!("a span of trace {trace_id} at the collector"),
+            patience,
+            || {
+                let found = self.spans().into_iter().find(|s| {
+                    hex(&s.span.trace_id) == trace_id
+                        && span_id.is_none_or(|id| hex(&s.span.span_id) == id)
+                });
+                async move { found }
+            },
+        )
+        .await
+    }
 }
 
 impl Drop for Collector {
@@ -165,6 +208,10 @@ impl TraceService for Sink {
         for batch in request.into_inner().resource_spans {
             let resource = batch.resource.map(|r| r.attributes).unwrap_or_default();
             for scope in batch.scope_spans {
+                received.span_count += scope.spans.len() as u64;
+                if !received.keep {
+                    continue;
+                }
                 for span in scope.spans {
                     received.spans.push(ReceivedSpan {
                         resource: resource.clone(),
@@ -187,6 +234,9 @@ impl MetricsService for Sink {
         for batch in request.into_inner().resource_metrics {
             let resource = batch.resource.map(|r| r.attributes).unwrap_or_default();
             for scope in batch.scope_metrics {
+                if !received.keep {
+                    continue;
+                }
                 for metric in scope.metrics {
                     received.metrics.push(ReceivedMetric {
                         resource: resource.clone(),
@@ -197,4 +247,22 @@ impl MetricsService for Sink {
         }
         Ok(Response::new(ExportMetricsServiceResponse::default()))
     }
+}
+
+/// The integer value of attribute `key`, if present.
+pub fn int_attribute(attributes: &[KeyValue], key: &str) -> Option<i64> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| match kv.value.as_ref() {
+            Some(AnyValue {
+                value: Some(any_value::Value::IntValue(n)),
+            }) => Some(*n),
+            _ => None,
+        })
+}
+
+/// Lower-case hex of an id as OTLP carries it (bytes), as trace headers write it.
+pub fn hex(id: &[u8]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -59,6 +59,7 @@ impl Harness {
             default_service: default_service.map(str::to_owned),
             upstream: crate::forward::Upstream::new(),
             metrics: Arc::clone(&metrics),
+            tracing: None,
         });
         let handler_fn: HandlerFn =
             Arc::new(move |req, client| Box::pin(Arc::clone(&handler).handle(req, client)));

@@ -14,11 +14,20 @@
 //! `VmRSS` once idle (after that check) and its peak while wrk runs. Route changes: the time
 //! from sending `PutRoute` to `WaitApplied` confirming that the proxy acknowledged it, over
 //! [`ROUTE_CHANGES`] alternating splits (the proxy idle).
-//! With `--pin`, every server (nginx, both proxies, the control plane) runs on core 0 and
+//! With `--pin`, every server (nginx, the proxies, the control plane) runs on core 0 and
 //! wrk on core 1.
+//!
+//! Tracing, in the same run: two more `meridian-proxy` processes with
+//! `--otlp-endpoint` set, one sampling every request (`--trace-sampling 1`), one 1%
+//! (`--trace-sampling 0.01`), each exporting to its own OTLP collector inside the bench
+//! process (`meridian_tests::otlp::Collector`, counting spans, keeping none); measured with
+//! the same wrk command, interleaved with the other paths, and compared with the proxy
+//! without tracing. They run only during the load (the route-change timing sees one proxy).
 
 #[path = "proxy/procs.rs"]
 mod procs;
+#[path = "proxy/tracing.rs"]
+mod tracing;
 #[path = "proxy/wrk.rs"]
 mod wrk;
 
@@ -32,6 +41,7 @@ use meridian_proto::v1::discovery_client::DiscoveryClient;
 use meridian_proto::v1::routing_client::RoutingClient;
 use meridian_tests::backend::Backend;
 use meridian_tests::mesh::{Call, MeshClient};
+use meridian_tests::otlp::Collector;
 use tonic::transport::Channel;
 
 use self::procs::{
@@ -62,12 +72,16 @@ pub(crate) struct Options {
     pub(crate) machine: String,
 }
 
-/// The three paths under load.
+/// The paths under load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Path3 {
     Direct,
     Meridian,
     Haproxy,
+    /// meridian-proxy exporting spans of every request.
+    Traced100,
+    /// meridian-proxy exporting spans of 1% of the requests.
+    Traced1,
 }
 
 // === impl Path3 ===
@@ -78,6 +92,8 @@ impl Path3 {
             Self::Direct => "nginx direct (v1 block)",
             Self::Meridian => "through meridian-proxy (90/10)",
             Self::Haproxy => "through haproxy (90/10)",
+            Self::Traced100 => "meridian-proxy, tracing 100%",
+            Self::Traced1 => "meridian-proxy, tracing 1%",
         }
     }
 }
@@ -121,12 +137,42 @@ pub(crate) async fn run(opts: &Options) -> Result<()> {
     populate(channel.clone(), ports).await?;
     let mut routing = RoutingClient::new(channel.clone());
     let mut discovery = DiscoveryClient::new(channel);
-    let (mut meridian, proxy_addr) = start_proxy(&opts.proxy, &grpc, opts.pin)?;
+    let (mut meridian, proxy_addr) =
+        start_proxy(&opts.proxy, &grpc, opts.pin, "meridian-proxy", &[])?;
     let revision = put_split(&mut routing, 90, 10).await?;
     wait_http(proxy_addr, &mut meridian).await?;
     wait_applied(&mut discovery, revision).await?;
     let (mut haproxy, haproxy_addr) = start_haproxy(&opts.haproxy, ports, opts.pin)?;
     wait_http(haproxy_addr, &mut haproxy).await?;
+    // Started after the route was applied (WaitApplied above counts one proxy).
+    let collectors = [
+        Collector::start_counting().await,
+        Collector::start_counting().await,
+    ];
+    let tracing_flags = |collector: &Collector, ratio: &str| {
+        [
+            "--otlp-endpoint".to_owned(),
+            collector.endpoint(),
+            "--trace-sampling".to_owned(),
+            ratio.to_owned(),
+        ]
+    };
+    let (mut traced100, traced100_addr) = start_proxy(
+        &opts.proxy,
+        &grpc,
+        opts.pin,
+        "meridian-proxy (tracing 100%)",
+        &tracing_flags(&collectors[0], "1"),
+    )?;
+    wait_http(traced100_addr, &mut traced100).await?;
+    let (mut traced1, traced1_addr) = start_proxy(
+        &opts.proxy,
+        &grpc,
+        opts.pin,
+        "meridian-proxy (tracing 1%)",
+        &tracing_flags(&collectors[1], "0.01"),
+    )?;
+    wait_http(traced1_addr, &mut traced1).await?;
 
     let mut report = vec![
         format!("- machine: {}", opts.machine),
@@ -180,6 +226,8 @@ pub(crate) async fn run(opts: &Options) -> Result<()> {
     let targets = [
         (Path3::Direct, direct),
         (Path3::Meridian, proxy_addr),
+        (Path3::Traced100, traced100_addr),
+        (Path3::Traced1, traced1_addr),
         (Path3::Haproxy, haproxy_addr),
     ];
     let mut runs: BTreeMap<(usize, Path3), Vec<Wrk>> = BTreeMap::new();
@@ -190,7 +238,7 @@ pub(crate) async fn run(opts: &Options) -> Result<()> {
                 let watched = match path {
                     Path3::Meridian => Some((0, &meridian)),
                     Path3::Haproxy => Some((1, &haproxy)),
-                    Path3::Direct => None,
+                    Path3::Direct | Path3::Traced100 | Path3::Traced1 => None,
                 };
                 let (result, rss) = wrk(opts, conns, addr, watched.map(|(_, p)| p)).await?;
                 if let Some((i, _)) = watched {
@@ -211,7 +259,14 @@ pub(crate) async fn run(opts: &Options) -> Result<()> {
         }
         meridian.check_alive()?;
         haproxy.check_alive()?;
+        traced100.check_alive()?;
+        traced1.check_alive()?;
     }
+    let traced_rss = [traced100.rss()?, traced1.rss()?];
+    // Stop the traced proxies (SIGKILL: what they buffered is not counted) before the
+    // route-change timing, which expects one proxy.
+    drop((traced100, traced1));
+    let spans = [collectors[0].span_count(), collectors[1].span_count()];
 
     let changes = match route_changes(&mut routing, &mut discovery).await {
         Ok(changes) => changes,
@@ -223,6 +278,7 @@ pub(crate) async fn run(opts: &Options) -> Result<()> {
     };
     meridian.check_alive()?;
     print_report(opts, &report, &runs, idle, peak, &changes);
+    tracing::print_report(&opts.connections, &runs, spans, traced_rss);
     drop((haproxy, meridian, control, nginx, in_process));
     Ok(())
 }
@@ -240,7 +296,7 @@ fn print_report(
         println!("{line}");
     }
     println!(
-        "- load: `wrk -t{} -c<connections> -d{}s --latency -H 'Host: {SERVICE}'`, the three \
+        "- load: `wrk -t{} -c<connections> -d{}s --latency -H 'Host: {SERVICE}'`, all the \
          paths interleaved round by round; each cell is the median of {} runs by requests/s\n",
         opts.threads, opts.seconds, opts.repeat
     );

@@ -98,10 +98,18 @@ pub(super) fn start_meridian(bin: &Path, pin: bool) -> Result<(ServerGuard, Stri
     Ok((server, url))
 }
 
-pub(super) fn start_proxy(bin: &Path, grpc: &str, pin: bool) -> Result<(ServerGuard, SocketAddr)> {
+/// Starts `meridian-proxy` (named `name` in the report and errors) with `extra` flags, e.g.
+/// the telemetry ones.
+pub(super) fn start_proxy(
+    bin: &Path,
+    grpc: &str,
+    pin: bool,
+    name: &'static str,
+    extra: &[String],
+) -> Result<(ServerGuard, SocketAddr)> {
     let dir = tempfile::Builder::new().prefix("bench-proxy-").tempdir()?;
     let listen: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-    let args = vec![
+    let mut args = vec![
         "--control-plane".to_owned(),
         grpc.to_owned(),
         "--listen".to_owned(),
@@ -113,15 +121,9 @@ pub(super) fn start_proxy(bin: &Path, grpc: &str, pin: bool) -> Result<(ServerGu
         "--subscribe".to_owned(),
         SERVICE.to_owned(),
     ];
+    args.extend_from_slice(extra);
     Ok((
-        ServerGuard::spawn(
-            "meridian-proxy",
-            bin,
-            args,
-            pin,
-            format!("http://{listen}"),
-            dir,
-        )?,
+        ServerGuard::spawn(name, bin, args, pin, format!("http://{listen}"), dir)?,
         listen,
     ))
 }
