@@ -12,6 +12,7 @@
 //! - [`health`]: TTL heartbeats and active checks (run by the leader);
 //! - [`peer`]: raft messages between nodes over gRPC;
 //! - [`dns`]: the DNS server, answering from the local replica;
+//! - [`telemetry`]: metrics, spans around gRPC calls, the admin HTTP port;
 //! - [`cli`]: the `meridian` subcommands (server and client);
 //! - [`node`]: the composition root that wires the rooms and owns shutdown.
 //!
@@ -29,4 +30,5 @@ pub mod peer;
 pub mod raft;
 pub mod registry;
 pub mod replica;
+pub mod telemetry;
 pub mod watch;

@@ -1,7 +1,8 @@
 //! The composition root: the one place that names every room and wires them together.
 //!
 //! [`Node::start`] opens storage, starts the Raft driver over the registry state machine,
-//! binds the gRPC listener and serves the API. Every task is tracked in one `JoinSet` and
+//! binds the gRPC, DNS and admin listeners and serves them; [`Node::start_with`] does the
+//! same with the process's [`Telemetry`] (its meter feeds OTLP and `/metrics`). Every task is tracked in one `JoinSet` and
 //! stopped through one `CancellationToken`; [`Node::wait`] returns when the token is
 //! cancelled (graceful shutdown: the API drains, the driver stops after its last fsync) or
 //! when any task fails (the others are then stopped too).
@@ -9,6 +10,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use meridian_telemetry::{Telemetry, TelemetryConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +35,7 @@ pub struct NodeConfig {
     pub dns_recursor: Option<SocketAddr>,
     /// At most this many records per DNS answer (see [`crate::dns::DEFAULT_MAX_ANSWERS`]).
     pub dns_max_answers: usize,
-    /// Admin HTTP listener. Reserved: the admin endpoints are not served yet.
+    /// Admin HTTP listener (`/metrics`, `/ready`, `/health`). Port 0 picks a free port.
     pub admin_listen: SocketAddr,
     /// The initial cluster: `(id, address)` of every voter, this node included. With `join`,
     /// the current members (and this node), to reach them.
@@ -70,15 +72,23 @@ pub enum NodeError {
     /// A task panicked.
     #[error("task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// Telemetry could not be set up.
+    #[error(transparent)]
+    Telemetry(#[from] meridian_telemetry::TelemetryError),
 }
 
 /// A running node.
 pub struct Node {
     api_addr: SocketAddr,
     dns_addr: SocketAddr,
+    admin_addr: SocketAddr,
     replica: Replica,
     shutdown: CancellationToken,
     tasks: JoinSet<Result<(), NodeError>>,
+    /// Read by the metrics' callbacks while the node runs.
+    _observers: crate::telemetry::Observers,
+    /// The telemetry [`Node::start`] made for itself (metrics on `/metrics` only).
+    own_telemetry: Option<Telemetry>,
 }
 
 // === impl NodeConfig ===
@@ -87,6 +97,11 @@ impl NodeConfig {
     /// Default snapshot interval: enough log to catch up a briefly absent follower without a
     /// snapshot, small enough to keep restart replay well under a second.
     pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
+
+    /// The `service.instance.id` of this node's telemetry: `node-<id>@<listen address>`.
+    pub fn instance_id(&self) -> String {
+        format!("node-{}@{}", self.id, self.listen)
+    }
 
     fn validate(&self) -> Result<(), NodeError> {
         if self.id == 0 {
@@ -120,9 +135,27 @@ impl NodeConfig {
 
 impl Node {
     /// Starts every room; returns once the API listener is bound (the first election may
-    /// still be under way: writes wait for it).
+    /// still be under way: writes wait for it). Its metrics are served on the admin port
+    /// only (nothing is exported).
     pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
+        let telemetry = Telemetry::new(TelemetryConfig::from_vars(
+            |_| None,
+            crate::cli::SERVICE_NAME,
+            env!("CARGO_PKG_VERSION"),
+            &config.instance_id(),
+        ))?;
+        let mut node = Self::start_with(config, &telemetry).await?;
+        node.own_telemetry = Some(telemetry);
+        Ok(node)
+    }
+
+    /// [`Node::start`], recording metrics with `telemetry`'s meter (exported if it exports,
+    /// and rendered on the admin port's `/metrics`). The caller keeps `telemetry` alive
+    /// while the node runs, and shuts it down after.
+    pub async fn start_with(config: NodeConfig, telemetry: &Telemetry) -> Result<Self, NodeError> {
         config.validate()?;
+        let meter = telemetry.meter();
+        let metrics = crate::telemetry::NodeMetrics::new(&meter);
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             NodeError::Config(format!(
                 "cannot create --data-dir {}: {e}",
@@ -149,6 +182,18 @@ impl Node {
             addr: config.dns_listen,
             source,
         })?;
+        let admin_listener = TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(|source| NodeError::Bind {
+                addr: config.admin_listen,
+                source,
+            })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| NodeError::Bind {
+                addr: config.admin_listen,
+                source,
+            })?;
 
         let mut raft_config =
             RaftConfig::new(config.id, config.peers.clone(), config.data_dir.clone());
@@ -157,6 +202,7 @@ impl Node {
         let transport = GrpcTransport::new(config.id, &config.peers, shutdown.child_token());
         let peer_tasks = transport.tasks();
         let (replica, driver) = Replica::start(raft_config, transport, shutdown.child_token())?;
+        let replica = replica.with_proposal_histogram(metrics.proposal_duration.clone());
         tasks.spawn(async move {
             let result = driver.await;
             // The driver owned the transport; its peer tasks end with the same token.
@@ -196,6 +242,23 @@ impl Node {
             }
             .instrument(tracing::info_span!("discovery", node = config.id)),
         );
+        let dns_metrics = crate::dns::DnsMetrics::default();
+        let observers = crate::telemetry::Observers::register(
+            &meter,
+            &replica,
+            &watch,
+            &discovery,
+            &dns_metrics,
+        );
+        let admin = crate::telemetry::Admin::new(&replica, telemetry.prometheus());
+        let admin = admin.serve(admin_listener, shutdown.child_token());
+        tasks.spawn(
+            async move {
+                admin.await;
+                Ok(())
+            }
+            .instrument(tracing::info_span!("admin", node = config.id)),
+        );
         let rooms = crate::api::Rooms {
             watch,
             health,
@@ -208,6 +271,7 @@ impl Node {
             replica.clone(),
             rooms,
             peer,
+            metrics,
             shutdown.child_token(),
         );
         tasks.spawn(
@@ -218,6 +282,7 @@ impl Node {
             max_answers: config.dns_max_answers,
             recursor: config.dns_recursor,
             cache: true,
+            metrics: dns_metrics,
         };
         let dns = crate::dns::serve(
             dns_udp,
@@ -234,15 +299,19 @@ impl Node {
             node = config.id,
             api = %api_addr,
             dns = %dns_addr,
+            admin = %admin_addr,
             data_dir = %config.data_dir.display(),
             "node started"
         );
         Ok(Self {
             api_addr,
             dns_addr,
+            admin_addr,
             replica,
             shutdown,
             tasks,
+            _observers: observers,
+            own_telemetry: None,
         })
     }
 
@@ -254,6 +323,11 @@ impl Node {
     /// The bound DNS address, UDP and TCP (useful when started on port 0).
     pub fn dns_addr(&self) -> SocketAddr {
         self.dns_addr
+    }
+
+    /// The bound admin HTTP address (useful when started on port 0).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     /// The local replica, for in-process callers.
@@ -280,6 +354,9 @@ impl Node {
             self.shutdown.cancel();
         }
         tracing::info!("node stopped");
+        if let Some(telemetry) = self.own_telemetry.take() {
+            telemetry.shutdown().await;
+        }
         first_error.map_or(Ok(()), Err)
     }
 }

@@ -7,9 +7,13 @@
 //! ReadIndex round (linearizable).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
+use opentelemetry::metrics::Histogram;
+use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _};
 use tokio::sync::watch;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::raft::{self, FatalError, ProposeError, RaftHandle, StateMachine};
 use crate::registry::{Change, Command, Outcome, Registry, RegistryError};
@@ -42,6 +46,19 @@ pub struct FeedBatch {
     pub applied_index: u64,
     /// The changes, in log order.
     pub changes: Vec<Change>,
+    /// When the state machine started and finished applying the batch (the `raft.apply`
+    /// span of a traced write).
+    pub timing: ApplyTiming,
+}
+
+/// When one batch was applied (wall clock, as spans are). The default (both at the Unix
+/// epoch) stands for "not recorded".
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyTiming {
+    /// The first entry of the batch reached the state machine.
+    pub started: SystemTime,
+    /// The batch's view was about to be published.
+    pub finished: SystemTime,
 }
 
 /// How much change history views carry: enough for a reader that fell a few thousand batches
@@ -62,6 +79,8 @@ pub struct RegistryMachine {
     /// The recent batches views carry, and how many changes they hold.
     feed: imbl::Vector<Arc<FeedBatch>>,
     feed_changes: usize,
+    /// When the first entry of the batch being applied arrived.
+    batch_started: Option<SystemTime>,
 }
 
 /// How fresh a read must be.
@@ -95,6 +114,19 @@ pub struct Replica {
     raft: RaftHandle<ApplyResult>,
     view: watch::Receiver<View>,
     write_timeout: Duration,
+    /// `meridian.raft.proposal.duration` (a no-op instrument unless the node has telemetry).
+    proposal_duration: Histogram<f64>,
+}
+
+// === impl ApplyTiming ===
+
+impl Default for ApplyTiming {
+    fn default() -> Self {
+        Self {
+            started: SystemTime::UNIX_EPOCH,
+            finished: SystemTime::UNIX_EPOCH,
+        }
+    }
 }
 
 // === impl View ===
@@ -129,6 +161,7 @@ impl RegistryMachine {
             published: 0,
             feed: imbl::Vector::new(),
             feed_changes: 0,
+            batch_started: None,
         };
         (machine, view)
     }
@@ -140,6 +173,9 @@ impl StateMachine for RegistryMachine {
     fn apply(&mut self, index: u64, command: &[u8]) -> Result<ApplyResult, FatalError> {
         // A committed command that cannot be decoded means this binary cannot follow the
         // log: stop rather than diverge from the replicas that can.
+        if self.batch_started.is_none() {
+            self.batch_started = Some(SystemTime::now());
+        }
         let command = Command::decode(command).map_err(|e| {
             FatalError(format!(
                 "undecodable registry command at index {index}: {e}"
@@ -152,11 +188,17 @@ impl StateMachine for RegistryMachine {
 
     fn applied(&mut self, applied_index: u64) {
         let changes = std::mem::take(&mut self.pending);
+        let finished = SystemTime::now();
+        let timing = ApplyTiming {
+            started: self.batch_started.take().unwrap_or(finished),
+            finished,
+        };
         self.feed_changes += changes.len();
         self.feed.push_back(Arc::new(FeedBatch {
             previous_index: self.published,
             applied_index,
             changes,
+            timing,
         }));
         while self.feed.len() > FEED_BATCHES || self.feed_changes > FEED_CHANGES {
             match self.feed.pop_front() {
@@ -201,7 +243,18 @@ impl Replica {
             raft,
             view,
             write_timeout: Self::DEFAULT_WRITE_TIMEOUT,
+            proposal_duration: opentelemetry::global::meter_provider()
+                .meter("meridian-disabled")
+                .f64_histogram("meridian.raft.proposal.duration")
+                .build(),
         }
+    }
+
+    /// Records the latency of every successful write into `histogram`.
+    #[must_use]
+    pub fn with_proposal_histogram(mut self, histogram: Histogram<f64>) -> Self {
+        self.proposal_duration = histogram;
+        self
     }
 
     /// Validates, proposes and waits until `command` is committed and applied here.
@@ -222,10 +275,62 @@ impl Replica {
                 }
             }
         };
+        let span = tracing::info_span!(
+            "raft.propose",
+            raft.index = tracing::field::Empty,
+            raft.term = tracing::field::Empty,
+        );
+        let started = Instant::now();
         let (index, applied) = tokio::time::timeout(self.write_timeout, attempt)
+            .instrument(span.clone())
             .await
             .map_err(|_| ReplicaError::Timeout(self.write_timeout))??;
+        self.proposal_duration
+            .record(started.elapsed().as_secs_f64(), &[]);
+        // As i64: the OpenTelemetry layer exports u64 fields as strings.
+        span.record("raft.index", index as i64);
+        span.record("raft.term", self.raft.progress().term as i64);
+        self.trace_apply(&span, index);
         Ok((index, applied?))
+    }
+
+    /// Adds a `raft.apply` child to a sampled `raft.propose` span: the application of the
+    /// batch that held entry `index`, with the times the state machine recorded on the
+    /// driver's thread. One span per traced write, built after the fact with the
+    /// OpenTelemetry API (a `tracing` span cannot be given past timestamps); nothing at all
+    /// when the write is not traced.
+    fn trace_apply(&self, propose: &tracing::Span, index: u64) {
+        let context = propose.context();
+        if !context.span().span_context().is_sampled() {
+            return;
+        }
+        let batch = {
+            let view = self.view.borrow();
+            let found = view.feed.binary_search_by(|b| {
+                if b.applied_index < index {
+                    std::cmp::Ordering::Less
+                } else if b.previous_index >= index {
+                    std::cmp::Ordering::Greater
+                } else {
+                    std::cmp::Ordering::Equal
+                }
+            });
+            match found.ok().and_then(|at| view.feed.get(at)) {
+                Some(b) => Arc::clone(b),
+                None => return,
+            }
+        };
+        let tracer = opentelemetry::global::tracer("meridian");
+        let mut span = tracer
+            .span_builder("raft.apply")
+            .with_start_time(batch.timing.started)
+            .with_attributes([
+                opentelemetry::KeyValue::new("raft.index.first", (batch.previous_index + 1) as i64),
+                opentelemetry::KeyValue::new("raft.index.last", batch.applied_index as i64),
+                opentelemetry::KeyValue::new("meridian.changes", batch.changes.len() as i64),
+            ])
+            .start_with_context(&tracer, &context);
+        span.end_with_timestamp(batch.timing.finished);
     }
 
     /// The registry, as fresh as `consistency` asks.

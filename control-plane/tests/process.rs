@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "process/telemetry.rs"]
+mod telemetry;
+
 const BIN: &str = env!("CARGO_BIN_EXE_meridian");
 
 /// A `meridian server` process, killed (and reaped) when dropped, also on panic.
@@ -507,10 +510,12 @@ fn sigterm_shuts_down_gracefully() {
 fn dev_runs_a_node_in_a_temporary_dir_and_cleans_up() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
+    let dns = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
     let child = Command::new(BIN)
         .args(["dev", "--listen", &listen])
-        .args(["--dns-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--dns-listen", &dns])
+        .args(["--admin-listen", &admin])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -531,7 +536,7 @@ fn dev_runs_a_node_in_a_temporary_dir_and_cleans_up() {
     std::io::Read::read_to_string(&mut std::io::BufReader::new(stdout), &mut banner).unwrap();
     assert!(
         banner.starts_with(&format!(
-            "Meridian dev node: gRPC http://{listen} (data in "
+            "Meridian dev node: gRPC http://{listen}, DNS {dns}, metrics http://{admin}/metrics (data in "
         )),
         "{banner}"
     );

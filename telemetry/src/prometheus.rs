@@ -213,6 +213,9 @@ fn sample<'a>(
         }
         out.push('"');
     };
+    // Sorted: the SDK keeps each series' attributes in the order they were first recorded.
+    let mut attributes: Vec<&KeyValue> = attributes.collect();
+    attributes.sort_by(|a, b| a.key.as_str().cmp(b.key.as_str()));
     for kv in attributes {
         label(out, &sanitize(kv.key.as_str()), &kv.value.as_str());
     }

@@ -38,6 +38,7 @@ use tonic::transport::Channel;
 pub struct TestNode {
     addr: SocketAddr,
     dns_addr: SocketAddr,
+    admin_addr: SocketAddr,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), String>>>,
     _data_dir: tempfile::TempDir,
@@ -48,6 +49,16 @@ pub struct TestNode {
 impl TestNode {
     /// Starts a single-node cluster on `127.0.0.1:0` and waits until it has a leader.
     pub async fn start() -> Self {
+        Self::start_inner(None).await
+    }
+
+    /// [`TestNode::start`], recording metrics with `telemetry`'s meter (kept alive by the
+    /// caller while the node runs).
+    pub async fn start_with(telemetry: &meridian_telemetry::Telemetry) -> Self {
+        Self::start_inner(Some(telemetry)).await
+    }
+
+    async fn start_inner(telemetry: Option<&meridian_telemetry::Telemetry>) -> Self {
         let data_dir = tempfile::tempdir().expect("tempdir");
         let listen: SocketAddr = "127.0.0.1:0".parse().expect("addr");
         let config = NodeConfig {
@@ -62,14 +73,20 @@ impl TestNode {
             snapshot_every: NodeConfig::DEFAULT_SNAPSHOT_EVERY,
             join: false,
         };
-        let node = Node::start(config).await.expect("node starts");
+        let node = match telemetry {
+            Some(telemetry) => Node::start_with(config, telemetry).await,
+            None => Node::start(config).await,
+        }
+        .expect("node starts");
         let addr = node.api_addr();
         let dns_addr = node.dns_addr();
+        let admin_addr = node.admin_addr();
         let shutdown = node.shutdown_token();
         let task = tokio::spawn(async move { node.wait().await.map_err(|e| e.to_string()) });
         let this = Self {
             addr,
             dns_addr,
+            admin_addr,
             shutdown,
             task: Some(task),
             _data_dir: data_dir,
@@ -97,6 +114,11 @@ impl TestNode {
     /// The DNS address (UDP and TCP).
     pub fn dns_addr(&self) -> SocketAddr {
         self.dns_addr
+    }
+
+    /// The admin HTTP address (`/metrics`, `/ready`, `/health`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     /// The gRPC endpoint URL, as `--addr` takes it.

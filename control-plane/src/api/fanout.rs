@@ -55,6 +55,8 @@ impl Fanout {
                 let mut request = tonic::Request::new(pb::ListProxiesRequest { local_only: true });
                 request.set_timeout(LIST_TIMEOUT);
                 pass_on(&mut request, authorization.as_ref());
+                // The member's span for the call joins the caller's trace.
+                crate::telemetry::context::inject(&mut request);
                 (id, channel, request)
             })
             .map(|(id, channel, request)| async move {
@@ -91,6 +93,8 @@ impl Fanout {
             });
             request.set_timeout(bound);
             pass_on(&mut request, authorization.as_ref());
+            // The member's span for the call joins the caller's trace.
+            crate::telemetry::context::inject(&mut request);
             async move {
                 let mut client = DiscoveryClient::new(channel);
                 let answer = tokio::time::timeout(bound, client.wait_applied(request)).await;

@@ -134,7 +134,23 @@ impl Forwarder {
         call.metadata_mut()
             .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
         tracing::trace!(leader, %address, "relaying a heartbeat to the leader");
-        match tokio::time::timeout(ATTEMPT_TIMEOUT, client.heartbeat(call)).await {
+        // A client span for the relay; the leader's server span continues it.
+        let span = tracing::info_span!(
+            "forward",
+            otel.name = "meridian.v1.Registry/Heartbeat",
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.service = "meridian.v1.Registry",
+            rpc.method = "Heartbeat",
+            server.address = %address,
+            meridian.leader = leader as i64,
+        );
+        {
+            let _entered = span.enter();
+            crate::telemetry::context::inject(&mut call);
+        }
+        let relayed = tokio::time::timeout(ATTEMPT_TIMEOUT, client.heartbeat(call));
+        match tracing::Instrument::instrument(relayed, span).await {
             Ok(Ok(answer)) => Ok(Some(answer.into_inner())),
             Ok(Err(status)) => Err(status),
             Err(_) => Err(Status::unavailable(format!(

@@ -69,11 +69,13 @@ pub enum ServeError {
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then drains in-flight calls.
+/// Every call is traced and counted into `metrics` (see [`crate::telemetry::grpc`]).
 pub async fn serve(
     listener: TcpListener,
     replica: Replica,
     rooms: Rooms,
     peer: PeerService<ApplyResult>,
+    metrics: crate::telemetry::NodeMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let local: Option<SocketAddr> = listener.local_addr().ok();
@@ -120,7 +122,10 @@ pub async fn serve(
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tracing::info!(addr = ?local, "gRPC API listening");
     tonic::transport::Server::builder()
-        // Who is calling: every handler checks the caller this puts on the request.
+        // One place for every service: a span per call (continuing the caller's trace) and
+        // the API metrics.
+        .layer(crate::telemetry::GrpcLayer::new(metrics))
+        // Then who is calling: every handler checks the caller this puts on the request.
         .layer(crate::auth::AuthLayer::new(
             crate::auth::Authorizer::new(false),
             views,

@@ -20,6 +20,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use meridian_telemetry::TelemetryArgs;
+
+/// The default `service.name` of the control plane's telemetry.
+pub(crate) const SERVICE_NAME: &str = "meridian-control-plane";
 
 /// Meridian: a service registry and service-mesh control plane.
 #[derive(Debug, Parser)]
@@ -90,7 +94,7 @@ struct Listeners {
     /// At most this many records per DNS answer (1-256).
     #[arg(long, default_value_t = crate::dns::DEFAULT_MAX_ANSWERS)]
     dns_max_answers: usize,
-    /// Admin HTTP listener (reserved: the admin endpoints are not built yet).
+    /// Admin HTTP listener: /metrics (Prometheus text), /ready, /health.
     #[arg(long, default_value = "127.0.0.1:7401")]
     admin_listen: SocketAddr,
 }
@@ -102,6 +106,8 @@ struct DevArgs {
     data_dir: Option<PathBuf>,
     #[command(flatten)]
     listeners: Listeners,
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +132,8 @@ struct ServerArgs {
     /// bootstrapping one; --peers then lists the current members and this node.
     #[arg(long)]
     join: bool,
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
 }
 
 #[derive(Debug, Subcommand)]

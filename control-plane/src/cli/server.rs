@@ -1,13 +1,18 @@
 //! `meridian dev` and `meridian server`: run a node until SIGTERM or Ctrl-C.
+//!
+//! Telemetry is set up here, and only here: the client subcommands start no exporter. The
+//! `--otlp-endpoint`/`--otel-service-name`/`--trace-sampling` flags override the `OTEL_*`
+//! variables; the exporters are flushed and stopped after the node has stopped.
 
 use std::path::PathBuf;
+
+use meridian_telemetry::{Telemetry, TelemetryArgs};
 
 use crate::node::{Node, NodeConfig};
 
 use super::{DevArgs, ServerArgs, output, parse};
 
 pub(super) async fn dev(args: DevArgs) -> Result<(), String> {
-    init_tracing();
     // The temporary directory lives (and is removed) with this function.
     let (data_dir, _temp): (PathBuf, Option<tempfile::TempDir>) = match args.data_dir {
         Some(dir) => (dir, None),
@@ -31,11 +36,10 @@ pub(super) async fn dev(args: DevArgs) -> Result<(), String> {
         snapshot_every: NodeConfig::DEFAULT_SNAPSHOT_EVERY,
         join: false,
     };
-    run(config, true).await
+    run(config, &args.telemetry, true).await
 }
 
 pub(super) async fn server(args: ServerArgs) -> Result<(), String> {
-    init_tracing();
     let mut peers = parse::peers(&args.peers)?;
     if peers.is_empty() {
         peers.push((args.id, args.listeners.listen.to_string()));
@@ -52,16 +56,44 @@ pub(super) async fn server(args: ServerArgs) -> Result<(), String> {
         snapshot_every: args.snapshot_every,
         join: args.join,
     };
-    run(config, false).await
+    run(config, &args.telemetry, false).await
 }
 
-async fn run(config: NodeConfig, dev: bool) -> Result<(), String> {
+async fn run(config: NodeConfig, flags: &TelemetryArgs, dev: bool) -> Result<(), String> {
+    let telemetry = Telemetry::new(flags.config(
+        super::SERVICE_NAME,
+        env!("CARGO_PKG_VERSION"),
+        &config.instance_id(),
+    ))
+    .map_err(|e| format!("telemetry: {e}"))?;
+    telemetry
+        .install(DEFAULT_LOG_FILTER)
+        .map_err(|e| format!("telemetry: {e}"))?;
+    if let Some(endpoint) = &telemetry.config().otlp_endpoint {
+        tracing::info!(
+            %endpoint,
+            service = %telemetry.config().service_name,
+            "exporting traces and metrics over OTLP"
+        );
+    }
+    let result = serve(config, &telemetry, dev).await;
+    // Whatever ended the node, what it recorded last is exported (bounded by the exporter's
+    // timeout) before the process exits.
+    telemetry.shutdown().await;
+    result
+}
+
+async fn serve(config: NodeConfig, telemetry: &Telemetry, dev: bool) -> Result<(), String> {
     let data_dir = config.data_dir.clone();
-    let node = Node::start(config).await.map_err(|e| e.to_string())?;
+    let node = Node::start_with(config, telemetry)
+        .await
+        .map_err(|e| e.to_string())?;
     if dev {
         output::line(&format!(
-            "Meridian dev node: gRPC http://{} (data in {}). Try: meridian namespace create cafe.local",
+            "Meridian dev node: gRPC http://{}, DNS {}, metrics http://{}/metrics (data in {}). Try: meridian namespace create cafe.local",
             node.api_addr(),
+            node.dns_addr(),
+            node.admin_addr(),
             data_dir.display()
         ));
     }
@@ -96,13 +128,5 @@ async fn wait_for_signal() {
     }
 }
 
-/// Logs to stderr; `RUST_LOG` filters (default `info`, raft-rs internals at `warn`).
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,meridian_control_plane::raft::logger=warn")
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
+/// Logs to stderr; `RUST_LOG` overrides: `info`, raft-rs internals at `warn`.
+const DEFAULT_LOG_FILTER: &str = "info,meridian_control_plane::raft::logger=warn";

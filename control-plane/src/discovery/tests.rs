@@ -54,6 +54,7 @@ impl Publisher {
                 previous_index,
                 applied_index: self.index,
                 changes,
+                timing: Default::default(),
             }));
         }
         self.tx.send_replace(View {

@@ -10,7 +10,9 @@
 //! - [`respond`]: [`respond::Responder`], one query in, one reply out, with the cache;
 //! - `server`: starts the transports and reports how they end; TCP connections;
 //! - `udp`: dedicated UDP threads, batched (`recvfrom` drain + one `sendmmsg`);
-//! - `forward`: the optional recursor.
+//! - `forward`: the optional recursor;
+//! - [`metrics`]: queries by type and response code, per-responder atomics (no allocation
+//!   or shared write per query).
 //!
 //! # Rules of this room
 //! Read-only over the published [`crate::replica::View`]: stale reads, never Raft, never a
@@ -46,6 +48,7 @@
 
 pub mod answer;
 mod forward;
+pub mod metrics;
 pub mod resolve;
 pub mod respond;
 mod server;
@@ -59,6 +62,7 @@ use std::net::{SocketAddr, UdpSocket};
 
 use tokio::net::TcpListener;
 
+pub use metrics::DnsMetrics;
 pub use server::serve;
 
 /// Default cap on the records of one answer: Route 53's multivalue answers return up to 8.
@@ -67,7 +71,7 @@ pub const DEFAULT_MAX_ANSWERS: usize = 8;
 pub const MAX_ANSWERS_LIMIT: usize = 256;
 
 /// How the DNS server behaves.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct DnsConfig {
     /// At most this many records per answer (1–[`MAX_ANSWERS_LIMIT`]); the instances are
     /// shuffled first, so different queries see different subsets.
@@ -77,6 +81,8 @@ pub struct DnsConfig {
     /// Cache encoded answers (the default). Off rebuilds every answer per query: only for
     /// measuring what the cache buys (`MERIDIAN_DNS_NO_CACHE=1` turns it off in a server).
     pub cache: bool,
+    /// Where answered queries are counted (by type and response code).
+    pub metrics: DnsMetrics,
 }
 
 /// Why the DNS server could not start or stopped.
@@ -112,6 +118,7 @@ impl Default for DnsConfig {
             max_answers: DEFAULT_MAX_ANSWERS,
             recursor: None,
             cache: true,
+            metrics: DnsMetrics::default(),
         }
     }
 }

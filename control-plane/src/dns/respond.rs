@@ -19,6 +19,7 @@ use hickory_proto::rr::RecordType;
 
 use super::DnsConfig;
 use super::answer::{self, Encoded};
+use super::metrics::Shard;
 use super::resolve::{self, Scope};
 use super::wire::{Query, Rcode, Reject, write_answer, write_empty};
 use crate::registry::Registry;
@@ -67,6 +68,10 @@ pub struct Responder {
     key: String,
     rotation: usize,
     seed: u64,
+    /// This responder's query counters.
+    counts: Shard,
+    /// The type of the query being answered (0 until its question parsed).
+    qtype: u16,
 }
 
 #[derive(Debug)]
@@ -92,11 +97,32 @@ impl Responder {
             rotation: 0,
             // Per-process random seed for the shuffles (std's hasher keys are random).
             seed: RandomState::new().hash_one(0u8),
+            counts: config.metrics.shard(),
+            qtype: 0,
         }
     }
 
-    /// Answers `packet` from `registry` into `out`. Never panics on any input.
+    /// Answers `packet` from `registry` into `out`. Never panics on any input. A reply is
+    /// counted by its question type and response code (forwarded and dropped queries are
+    /// not: the reply is not ours).
     pub fn respond(
+        &mut self,
+        registry: &Registry,
+        packet: &[u8],
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> Action {
+        self.qtype = 0;
+        let action = self.answer(registry, packet, transport, out);
+        if action == Action::Reply
+            && let Some(flags) = out.get(3)
+        {
+            self.counts.record(self.qtype, flags & 0x0F);
+        }
+        action
+    }
+
+    fn answer(
         &mut self,
         registry: &Registry,
         packet: &[u8],
@@ -118,6 +144,7 @@ impl Responder {
         if query.edns.is_some_and(|e| e.version != 0) {
             return refuse(out, Rcode::BadVers);
         }
+        self.qtype = query.qtype;
         let qtype = RecordType::from(query.qtype);
         match qtype {
             RecordType::OPT => return refuse(out, Rcode::FormErr),

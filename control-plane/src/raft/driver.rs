@@ -71,6 +71,8 @@ pub(crate) struct Driver<SM: StateMachine> {
     /// (term, leader id, leading) when last checked: a change fails what can no longer be
     /// answered.
     seen: (u64, u64, bool),
+    /// Term, leader, commit and applied index for readers outside the driver (metrics).
+    progress: std::sync::Arc<super::RaftProgress>,
 }
 
 /// Answers owed once the applied batch is published.
@@ -109,7 +111,13 @@ impl<SM: StateMachine> Driver<SM> {
             compactions: Compactions::default(),
             applied,
             seen: (0, ::raft::INVALID_ID, false),
+            progress: std::sync::Arc::default(),
         }
+    }
+
+    /// Where the driver records its progress after each loop turn.
+    pub(crate) fn progress(&self) -> std::sync::Arc<super::RaftProgress> {
+        std::sync::Arc::clone(&self.progress)
     }
 
     /// Runs until `shutdown` is cancelled (→ `Ok`), every handle is dropped (→ `Ok`), or a
@@ -321,6 +329,14 @@ impl<SM: StateMachine> Driver<SM> {
                 }
             }
             if !self.node.has_ready() {
+                let raft = &self.node.raft;
+                self.progress.record(
+                    raft.term,
+                    raft.leader_id,
+                    raft.state == StateRole::Leader,
+                    raft.raft_log.committed,
+                    self.applied,
+                );
                 return Ok(());
             }
             self.handle_ready()?;

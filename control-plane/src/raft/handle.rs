@@ -60,6 +60,7 @@ pub enum MembershipChange {
 /// A cheap, cloneable handle on a running raft node.
 pub struct RaftHandle<O> {
     tx: mpsc::Sender<Msg<O>>,
+    progress: std::sync::Arc<super::RaftProgress>,
 }
 
 /// A node's view of itself and the cluster.
@@ -120,6 +121,7 @@ impl<O> Clone for RaftHandle<O> {
     fn clone(&self) -> Self {
         Self {
             tx: self.tx.clone(),
+            progress: std::sync::Arc::clone(&self.progress),
         }
     }
 }
@@ -133,8 +135,17 @@ impl<O> std::fmt::Debug for RaftHandle<O> {
 }
 
 impl<O: Send + 'static> RaftHandle<O> {
-    pub(crate) fn new(tx: mpsc::Sender<Msg<O>>) -> Self {
-        Self { tx }
+    pub(crate) fn new(
+        tx: mpsc::Sender<Msg<O>>,
+        progress: std::sync::Arc<super::RaftProgress>,
+    ) -> Self {
+        Self { tx, progress }
+    }
+
+    /// Term, leader, commit and applied index as the driver last recorded them (at most one
+    /// loop turn old), without a round trip to the driver.
+    pub fn progress(&self) -> super::ProgressSnapshot {
+        self.progress.snapshot()
     }
 
     /// Proposes `command`; resolves once it is committed and applied on this node, with its

@@ -25,7 +25,8 @@
 //! # Layout
 //! `config.rs` [`RaftConfig`] · `error.rs` errors · `handle.rs` [`RaftHandle`] and status
 //! types · `driver.rs` the Ready loop · `pending.rs` waiting proposals/reads and the entry
-//! envelope · `storage.rs` raft-rs `Storage` on redb · `logger.rs` slog → tracing.
+//! envelope · `storage.rs` raft-rs `Storage` on redb · `logger.rs` slog → tracing ·
+//! `progress.rs` [`RaftProgress`], term/leader/indexes readable without a driver round trip.
 
 mod compaction;
 mod config;
@@ -34,6 +35,7 @@ mod error;
 mod handle;
 mod logger;
 mod pending;
+mod progress;
 mod storage;
 mod wal;
 
@@ -56,6 +58,7 @@ pub use config::RaftConfig;
 pub type Snapshotter = Box<dyn FnOnce() -> Vec<u8> + Send + 'static>;
 pub use error::{FatalError, ProposeError, RaftError};
 pub use handle::{MemberStatus, MembershipChange, RaftHandle, RaftStatus, Role};
+pub use progress::{ProgressSnapshot, RaftProgress};
 
 use driver::Driver;
 use handle::Reply;
@@ -177,9 +180,10 @@ pub fn start_with_transport<SM: StateMachine>(
     }
     let (tx, rx) = mpsc::channel(config.max_batch);
     let driver = Driver::new(&config, node, sm, Box::new(transport), rx, snapshot_index);
+    let progress = driver.progress();
     drop(entered);
     let task = spawn_driver(driver.run(shutdown).instrument(span), config.id)?;
-    Ok((RaftHandle::new(tx), task))
+    Ok((RaftHandle::new(tx, progress), task))
 }
 
 /// Runs the driver on its own OS thread (a current-thread runtime), so its blocking fsyncs

@@ -85,6 +85,7 @@ impl Hub {
             next_id: Arc::new(AtomicU64::new(1)),
             // At least two: one slot is always kept for the lagged marker.
             queue: config.queue.max(2),
+            active: Arc::default(),
         };
         (hub, handle)
     }

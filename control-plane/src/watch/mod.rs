@@ -122,6 +122,8 @@ pub struct WatchHandle {
     unsubscribe: mpsc::UnboundedSender<u64>,
     next_id: Arc<std::sync::atomic::AtomicU64>,
     queue: usize,
+    /// Live subscriptions (the watchers gauge).
+    active: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// One watcher's feed. Dropping it unsubscribes.
@@ -183,11 +185,18 @@ impl WatchHandle {
             })
             .await
             .map_err(|_| WatchError::Stopped)?;
+        self.active
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Subscription {
             id,
             rx,
             handle: self.clone(),
         })
+    }
+
+    /// How many watch subscriptions are open on this node.
+    pub fn watchers(&self) -> usize {
+        self.active.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -214,6 +223,9 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        self.handle
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         // If the hub is gone there is nobody to tell.
         let _ = self.handle.unsubscribe.send(self.id);
     }

@@ -374,6 +374,7 @@ fn change_feed_matches_snapshot_comparison() {
             previous_index: log.index - 1,
             applied_index: log.index,
             changes: feed,
+            timing: Default::default(),
         };
         let view = View {
             applied_index: log.index,
