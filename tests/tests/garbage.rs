@@ -265,9 +265,15 @@ async fn garbage_on_every_rpc_is_refused_and_the_node_keeps_serving() {
     for method in &methods {
         for i in 0..PAYLOADS {
             let body = payload(&mut rng, i);
+            let len = body.len();
+            // A connection per call, so each answer belongs to its payload alone. On one
+            // connection shared by thousands of garbage calls, about one run in five saw a
+            // single unary call cancelled client-side ("operation was canceled"), not
+            // reproducible by seed; the node kept serving (see the issue notes).
+            let channel = node.channel().await;
             match tokio::time::timeout(PATIENCE, call(&channel, method, body)).await {
                 Ok(Ok(code)) => *codes.entry(format!("{code:?}")).or_default() += 1,
-                Ok(Err(e)) => failures.push(e),
+                Ok(Err(e)) => failures.push(format!("{e} ({len}-byte payload)")),
                 Err(_) => failures.push(format!("{}: no answer in {PATIENCE:?}", method.path)),
             }
         }
