@@ -7,8 +7,10 @@
 //! cancelled (graceful shutdown: the API drains, the driver stops after its last fsync) or
 //! when any task fails (the others are then stopped too).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use meridian_telemetry::{Telemetry, TelemetryConfig};
 use tokio::net::TcpListener;
@@ -19,6 +21,11 @@ use tracing::Instrument;
 use crate::peer::{GrpcTransport, PeerService};
 use crate::raft::RaftConfig;
 use crate::replica::Replica;
+
+/// How long a stopping node lets its tasks finish what they are doing (in-flight calls, streams
+/// told to end, the last Raft writes) before it stops them: a peer or a client that keeps a
+/// stream open must not keep a node from exiting.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything a node needs to run.
 #[derive(Debug, Clone)]
@@ -85,6 +92,8 @@ pub struct Node {
     replica: Replica,
     shutdown: CancellationToken,
     tasks: JoinSet<Result<(), NodeError>>,
+    /// Each task's name, for the log when one outlives the drain.
+    task_names: HashMap<tokio::task::Id, &'static str>,
     /// Read by the metrics' callbacks while the node runs.
     _observers: crate::telemetry::Observers,
     /// The telemetry [`Node::start`] made for itself (metrics on `/metrics` only).
@@ -164,6 +173,7 @@ impl Node {
         })?;
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        let mut task_names = HashMap::new();
 
         let listener =
             TcpListener::bind(config.listen)
@@ -203,45 +213,49 @@ impl Node {
         let peer_tasks = transport.tasks();
         let (replica, driver) = Replica::start(raft_config, transport, shutdown.child_token())?;
         let replica = replica.with_proposal_histogram(metrics.proposal_duration.clone());
-        tasks.spawn(async move {
+        let task = tasks.spawn(async move {
             let result = driver.await;
             // The driver owned the transport; its peer tasks end with the same token.
             peer_tasks.close();
             peer_tasks.wait().await;
             Ok(result??)
         });
+        task_names.insert(task.id(), "raft");
 
         // Watch hub (every node, from its local replica) and health checker (acts while leader).
         let (hub, watch) = crate::watch::Hub::new(replica.subscribe(), Default::default());
         let hub = hub.run(shutdown.child_token());
-        tasks.spawn(
+        let task = tasks.spawn(
             async move {
                 hub.await;
                 Ok(())
             }
             .instrument(tracing::info_span!("watch", node = config.id)),
         );
+        task_names.insert(task.id(), "watch");
         let (checker, health) =
             crate::health::HealthChecker::new(replica.clone(), Default::default());
         let checker = checker.run(shutdown.child_token());
-        tasks.spawn(
+        let task = tasks.spawn(
             async move {
                 checker.await;
                 Ok(())
             }
             .instrument(tracing::info_span!("health", node = config.id)),
         );
+        task_names.insert(task.id(), "health");
         // Discovery hub (every node: proxies stream from any node's local replica).
         let (discovery_hub, discovery) =
             crate::discovery::DiscoveryHub::new(replica.subscribe(), config.id);
         let discovery_hub = discovery_hub.run(shutdown.child_token());
-        tasks.spawn(
+        let task = tasks.spawn(
             async move {
                 discovery_hub.await;
                 Ok(())
             }
             .instrument(tracing::info_span!("discovery", node = config.id)),
         );
+        task_names.insert(task.id(), "discovery");
         let dns_metrics = crate::dns::DnsMetrics::default();
         let observers = crate::telemetry::Observers::register(
             &meter,
@@ -252,20 +266,22 @@ impl Node {
         );
         let admin = crate::telemetry::Admin::new(&replica, telemetry.prometheus());
         let admin = admin.serve(admin_listener, shutdown.child_token());
-        tasks.spawn(
+        let task = tasks.spawn(
             async move {
                 admin.await;
                 Ok(())
             }
             .instrument(tracing::info_span!("admin", node = config.id)),
         );
+        task_names.insert(task.id(), "admin");
         let rooms = crate::api::Rooms {
             watch,
             health,
             discovery,
         };
 
-        let peer = PeerService::new(config.id, replica.raft().clone());
+        let peer =
+            PeerService::new(config.id, replica.raft().clone()).ending_on(shutdown.child_token());
         let api = crate::api::serve(
             listener,
             replica.clone(),
@@ -274,9 +290,10 @@ impl Node {
             metrics,
             shutdown.child_token(),
         );
-        tasks.spawn(
+        let task = tasks.spawn(
             async move { Ok(api.await?) }.instrument(tracing::info_span!("api", node = config.id)),
         );
+        task_names.insert(task.id(), "api");
 
         let dns_config = crate::dns::DnsConfig {
             max_answers: config.dns_max_answers,
@@ -291,9 +308,10 @@ impl Node {
             dns_config,
             shutdown.child_token(),
         );
-        tasks.spawn(
+        let task = tasks.spawn(
             async move { Ok(dns.await?) }.instrument(tracing::info_span!("dns", node = config.id)),
         );
+        task_names.insert(task.id(), "dns");
 
         tracing::info!(
             node = config.id,
@@ -310,6 +328,7 @@ impl Node {
             replica,
             shutdown,
             tasks,
+            task_names,
             _observers: observers,
             own_telemetry: None,
         })
@@ -344,8 +363,44 @@ impl Node {
     /// the first error, if any.
     pub async fn wait(mut self) -> Result<(), NodeError> {
         let mut first_error = None;
-        while let Some(done) = self.tasks.join_next().await {
-            let result = done.map_err(NodeError::from).and_then(|r| r);
+        // Set once shutting down: tasks get this long to drain, then are stopped.
+        let mut deadline = None;
+        loop {
+            let next = match deadline {
+                None => tokio::select! {
+                    next = self.tasks.join_next_with_id() => next,
+                    () = self.shutdown.cancelled() => {
+                        deadline = Some(tokio::time::Instant::now() + DRAIN_TIMEOUT);
+                        continue;
+                    }
+                },
+                Some(at) => match tokio::time::timeout_at(at, self.tasks.join_next_with_id()).await
+                {
+                    Ok(next) => next,
+                    Err(_) => {
+                        let mut stuck: Vec<&str> = self.task_names.values().copied().collect();
+                        stuck.sort_unstable();
+                        tracing::warn!(
+                            tasks = ?stuck,
+                            "still running {DRAIN_TIMEOUT:?} after shutdown began; stopping them"
+                        );
+                        self.tasks.abort_all();
+                        while self.tasks.join_next().await.is_some() {}
+                        break;
+                    }
+                },
+            };
+            let Some(done) = next else { break };
+            let result = match done {
+                Ok((id, result)) => {
+                    self.task_names.remove(&id);
+                    result
+                }
+                Err(e) => {
+                    self.task_names.remove(&e.id());
+                    Err(NodeError::from(e))
+                }
+            };
             if let Err(e) = result {
                 tracing::error!(error = %e, "node task failed; shutting down");
                 first_error.get_or_insert(e);

@@ -1110,3 +1110,25 @@ async fn proxy_on_a_follower_follows_a_route_written_at_the_leader() {
     assert_eq!(list.proxies.len(), 1);
     drop(tx);
 }
+
+/// SIGTERM stops a node while its peers keep running: their Raft streams into it end with
+/// the node (the drain does not wait for them), so it exits by itself, cleanly — the leader
+/// first, then a follower.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_a_node_whose_peers_keep_running() {
+    let mut cluster = cluster(3, &[]).await;
+    let leader = cluster.wait_for_leader(PATIENCE).await;
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    for id in [leader, follower] {
+        let status = cluster.terminate(id, PATIENCE).await;
+        let log = cluster.log(id);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "node {id} did not exit cleanly on SIGTERM ({status:?}):\n{log}"
+        );
+        assert!(
+            !log.contains("after shutdown began; stopping them"),
+            "node {id} needed its drain deadline:\n{log}"
+        );
+    }
+}

@@ -221,6 +221,29 @@ impl ProcessCluster {
         }
     }
 
+    /// SIGTERM, then waits up to `patience` for the process to exit on its own: its exit status,
+    /// or `None` if it was still running (it is then SIGKILLed).
+    pub async fn terminate(
+        &mut self,
+        id: u64,
+        patience: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        self.signal(id, "-TERM");
+        let mut child = self.nodes.get_mut(&id).and_then(|n| n.child.take())?;
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Starts a killed node again on its data dir and port.
     pub fn restart(&mut self, id: u64) {
         assert!(self.nodes[&id].child.is_none(), "node {id} still runs");

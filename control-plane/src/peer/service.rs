@@ -4,6 +4,7 @@ use meridian_proto::v1 as pb;
 use meridian_proto::v1::peer_server::Peer;
 use protobuf::Message as _;
 use raft::eraftpb::Message;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::raft::RaftHandle;
@@ -18,6 +19,9 @@ pub struct PeerService<O> {
     /// With mutual TLS: each message's sender must be the node the connection's certificate
     /// names.
     verify_senders: bool,
+    /// Ends every inbound stream when the node stops: a peer keeps its stream open for as long
+    /// as it runs, and the API server's drain waits for open streams.
+    shutdown: CancellationToken,
 }
 
 // === impl PeerService ===
@@ -29,7 +33,15 @@ impl<O> PeerService<O> {
             id,
             raft,
             verify_senders: false,
+            shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Ends inbound streams when `shutdown` fires.
+    #[must_use]
+    pub fn ending_on(mut self, shutdown: CancellationToken) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 
     /// Accepts a message only from the node its connection's client certificate names
@@ -60,7 +72,16 @@ impl<O: Send + 'static> Peer for PeerService<O> {
         let mut frames = request.into_inner();
         let mut pending: Vec<u8> = Vec::new();
         let mut messages = 0u64;
-        while let Some(frame) = frames.message().await? {
+        loop {
+            let frame = tokio::select! {
+                frame = frames.message() => match frame? {
+                    Some(frame) => frame,
+                    None => break,
+                },
+                () = self.shutdown.cancelled() => {
+                    return Err(Status::unavailable("node shutting down"));
+                }
+            };
             if pending.len() + frame.data.len() > MAX_MESSAGE_BYTES {
                 return Err(Status::resource_exhausted("raft message too large"));
             }
