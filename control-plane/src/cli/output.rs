@@ -17,7 +17,7 @@ pub(super) fn table(header: &[&str], rows: &[Vec<String>]) {
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        out(padded.join("  ").trim_end());
     };
     line(header.to_vec());
     for row in rows {
@@ -26,11 +26,11 @@ pub(super) fn table(header: &[&str], rows: &[Vec<String>]) {
 }
 
 pub(super) fn json(value: &serde_json::Value) {
-    println!("{value}");
+    out(&value.to_string());
 }
 
 pub(super) fn line(text: &str) {
-    println!("{text}");
+    out(text);
 }
 
 /// Prints `error: REASON` on one line and returns the failure exit code.
@@ -38,4 +38,16 @@ pub(super) fn fail(reason: &str) -> ExitCode {
     let one_line = reason.replace('\n', " ");
     eprintln!("error: {one_line}");
     ExitCode::FAILURE
+}
+
+/// Writes one line to stdout. A reader that went away (`meridian watch ... | head -1`) ends the
+/// command quietly with status 141, as SIGPIPE ends other Unix tools, instead of a panic.
+fn out(text: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{text}")
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(141);
+    }
 }
