@@ -1,12 +1,28 @@
 //! The body type every response of the proxy carries (upstream bodies streamed through, or
 //! short local texts), and the helpers to make one.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Frame, SizeHint};
+
+use crate::balance::InFlight;
+
+/// Any body error (hyper's, or the proxy's own HTTP/1.1 client's).
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A boxed body: an upstream stream or a local buffer.
-pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
+pub(crate) type Body = BoxBody<Bytes, BoxError>;
+
+/// A body that keeps its endpoint's in-flight count until it is dropped.
+#[derive(Debug)]
+pub(crate) struct Tracked<B> {
+    inner: B,
+    _in_flight: InFlight,
+}
 
 /// A body from a buffer.
 pub(crate) fn full(data: impl Into<Bytes>) -> Body {
@@ -18,4 +34,38 @@ pub(crate) fn full(data: impl Into<Bytes>) -> Body {
 /// An empty body (no allocation: the boxed body is zero-sized).
 pub(crate) fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
+}
+
+// === impl Tracked ===
+
+impl<B> Tracked<B> {
+    pub(crate) fn new(inner: B, in_flight: InFlight) -> Self {
+        Self {
+            inner,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl<B> hyper::body::Body for Tracked<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -10,23 +10,22 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header;
 use http::{Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
-use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::sync::CancellationToken;
 
 use crate::balance::{Endpoint, PickContext};
-use crate::body::{Body, empty, full};
+use crate::body::{Body, Tracked, empty, full};
 use crate::config::{Protocol, Rule};
 use crate::error::RequestError;
+use crate::h1::{self, Outbound, Outgoing};
 use crate::headers::{prepare_headers, strip_hop_by_hop};
 use crate::outlier::{self, TryResult};
-use crate::pool::{CONNECT_TIMEOUT, Connector, POOL_IDLE, SendError, UpstreamBody};
+use crate::pool::{CONNECT_TIMEOUT, Connector, POOL_IDLE, SendError};
 use crate::retry::{self, Attempt};
 use crate::table::{ServiceTable, SubsetTable};
 
@@ -158,29 +157,49 @@ impl Upstream {
             };
             report.endpoint = Some(endpoint.addr);
             report.retries = u32::try_from(tries).unwrap_or(u32::MAX);
-            let body = match (&buffered, streamed.take()) {
-                (Some(bytes), _) if bytes.is_empty() => empty(),
-                (Some(bytes), _) => full(bytes.clone()),
-                (None, Some(body)) => body.boxed(),
-                (None, None) => empty(),
-            };
             let last_try =
                 policy.is_none() || buffered.is_none() || tries + 1 >= max_tries as usize;
-            let request = upstream_request(parts, &endpoint, body, last_try)?;
+            let h2c = match endpoint.protocol {
+                Protocol::H2c => {
+                    let body = match (&buffered, streamed.take()) {
+                        (Some(bytes), _) if bytes.is_empty() => empty(),
+                        (Some(bytes), _) => full(bytes.clone()),
+                        (None, Some(body)) => body.map_err(Into::into).boxed(),
+                        (None, None) => empty(),
+                    };
+                    Some(h2c_request(parts, &endpoint, body, last_try)?)
+                }
+                Protocol::Http1 => None,
+            };
             let in_flight = endpoint.start();
             let send = async {
                 match endpoint.protocol {
-                    Protocol::Http1 => self
-                        .http1
-                        .send(&endpoint, request)
-                        .await
-                        .map(|(response, connection)| (response, Some(connection))),
-                    Protocol::H2c => self
-                        .h2c
-                        .request(request)
-                        .await
-                        .map(|response| (response, None))
-                        .map_err(legacy_error),
+                    Protocol::Http1 => {
+                        let body = match (&buffered, streamed.take()) {
+                            (Some(bytes), _) => Outgoing::Buffered(bytes.clone()),
+                            (None, Some(body)) => Outgoing::Streamed(body),
+                            (None, None) => Outgoing::Buffered(Bytes::new()),
+                        };
+                        let request = Outbound {
+                            method: &parts.method,
+                            uri: &parts.uri,
+                            headers: &parts.headers,
+                            host: &endpoint.host,
+                        };
+                        self.http1
+                            .send(&endpoint, request, body)
+                            .await
+                            .map(|(head, conn)| Answer::Http1(head, conn))
+                    }
+                    Protocol::H2c => match h2c {
+                        Some(request) => self
+                            .h2c
+                            .request(request)
+                            .await
+                            .map(Answer::H2c)
+                            .map_err(legacy_error),
+                        None => Err(SendError::Failed("no request built".into())),
+                    },
                 }
             };
             let per_try = policy.and_then(|p| p.per_try_timeout);
@@ -221,7 +240,7 @@ impl Upstream {
                 continue;
             }
             return match outcome {
-                Some((response, connection)) => Ok(finish(response, connection, in_flight)),
+                Some(answer) => Ok(finish(answer, in_flight)),
                 None => Err(match attempt {
                     Attempt::ConnectFailure => RequestError::ConnectFailure {
                         service: service.clone(),
@@ -242,8 +261,12 @@ impl Upstream {
     }
 }
 
-/// A response and, for HTTP/1.1, the pooled connection it came on.
-type Answer = (Response<Incoming>, Option<SendRequest<Body>>);
+/// A response: for HTTP/1.1 its head and the pooled connection its body comes on.
+#[derive(Debug)]
+enum Answer {
+    Http1(h1::Head, h1::Conn),
+    H2c(Response<Incoming>),
+}
 /// The outer `Err`: the per-try timeout fired.
 type TryOutcome = Result<Result<Answer, SendError>, tokio::time::error::Elapsed>;
 
@@ -261,7 +284,13 @@ fn legacy_error(e: hyper_util::client::legacy::Error) -> SendError {
 /// How a try ended, its response if any, and why it failed if it did (for the 502 body).
 fn classify(result: TryOutcome) -> (Attempt, Option<Answer>, Option<String>) {
     match result {
-        Ok(Ok(answer)) => (Attempt::Response(answer.0.status()), Some(answer), None),
+        Ok(Ok(answer)) => {
+            let status = match &answer {
+                Answer::Http1(head, _) => head.status,
+                Answer::H2c(response) => response.status(),
+            };
+            (Attempt::Response(status), Some(answer), None)
+        }
         Ok(Err(SendError::Connect(reason))) => {
             tracing::debug!(error = %reason, "upstream connect failed");
             (Attempt::ConnectFailure, None, None)
@@ -274,20 +303,18 @@ fn classify(result: TryOutcome) -> (Attempt, Option<Answer>, Option<String>) {
     }
 }
 
-/// The request as sent to `endpoint`: HTTP/1.1 in origin form (`/path?query`, `Host` set from
-/// the endpoint when the request had none); h2c with the endpoint's address in the URI (the
-/// client's pool key); the original method, path and headers.
-fn upstream_request(
+/// The request as sent to an h2c `endpoint`: the endpoint's address in the URI (the client's
+/// pool key); the original method, path and headers. (HTTP/1.1 requests are written straight
+/// from the parts by [`crate::h1`].)
+fn h2c_request(
     parts: &mut http::request::Parts,
     endpoint: &Endpoint,
     body: Body,
     last_try: bool,
 ) -> Result<Request<Body>, RequestError> {
     let mut target = http::uri::Parts::default();
-    if endpoint.protocol == Protocol::H2c {
-        target.scheme = Some(http::uri::Scheme::HTTP);
-        target.authority = Some(endpoint.authority.clone());
-    }
+    target.scheme = Some(http::uri::Scheme::HTTP);
+    target.authority = Some(endpoint.authority.clone());
     target.path_and_query = Some(
         parts
             .uri
@@ -300,35 +327,35 @@ fn upstream_request(
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;
-    *request.version_mut() = match endpoint.protocol {
-        Protocol::Http1 => Version::HTTP_11,
-        Protocol::H2c => Version::HTTP_2,
-    };
+    *request.version_mut() = Version::HTTP_2;
     // The last try takes the headers; earlier ones copy them for the retries after.
     *request.headers_mut() = if last_try {
         std::mem::take(&mut parts.headers)
     } else {
         parts.headers.clone()
     };
-    if endpoint.protocol == Protocol::Http1 {
-        request
-            .headers_mut()
-            .entry(header::HOST)
-            .or_insert_with(|| endpoint.host.clone());
-    }
     Ok(request)
 }
 
 /// The upstream response, hop-by-hop headers out, its body carrying the in-flight guard so the
-/// endpoint counts the request until the body is finished or dropped, and the HTTP/1.1
-/// connection, which goes back to the pool once the body is complete.
-fn finish(
-    response: Response<Incoming>,
-    connection: Option<SendRequest<Body>>,
-    in_flight: crate::balance::InFlight,
-) -> Response<Body> {
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    let body = UpstreamBody::new(body, connection, in_flight).boxed();
-    Response::from_parts(parts, body)
+/// endpoint counts the request until the body is finished or dropped; an HTTP/1.1 body owns
+/// its connection, which goes back to the pool once the body is complete.
+fn finish(answer: Answer, in_flight: crate::balance::InFlight) -> Response<Body> {
+    match answer {
+        Answer::Http1(head, conn) => {
+            let body = h1::UpstreamBody::new(&head, conn, in_flight);
+            let mut response = Response::new(body.map_err(Into::into).boxed());
+            *response.status_mut() = head.status;
+            *response.version_mut() = head.version;
+            *response.headers_mut() = head.headers;
+            strip_hop_by_hop(response.headers_mut());
+            response
+        }
+        Answer::H2c(response) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            let body = Tracked::new(body, in_flight).map_err(Into::into).boxed();
+            Response::from_parts(parts, body)
+        }
+    }
 }

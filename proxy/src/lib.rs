@@ -32,6 +32,7 @@ mod config;
 mod discovery;
 mod error;
 mod forward;
+mod h1;
 mod handler;
 mod headers;
 mod metrics;

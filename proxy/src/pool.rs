@@ -1,39 +1,28 @@
-//! Pooled HTTP/1.1 connections to upstream endpoints, built on hyper's connection-level client
-//! (`hyper::client::conn::http1`) rather than hyper-util's legacy `Client`.
+//! Pooled HTTP/1.1 connections to upstream endpoints, spoken with the proxy's own client codec
+//! ([`crate::h1`]) in the request's own task: no connection task, no channel.
 //!
-//! Why our own: the legacy client keys one pool by `(scheme, authority)` behind a mutex and a
-//! SipHash map, races a checkout against a lazy connect, and spawns a task per HTTP/1 request
-//! to put the connection back once hyper marks it ready. Each endpoint here already is the pool
-//! key: its idle connections live on the [`Endpoint`] itself (one short uncontended lock), and a
-//! connection goes back to it the moment the response body ends ([`UpstreamBody`]), with no
-//! task: ~7 % less CPU per proxied request than the legacy client.
+//! Each endpoint already is the pool key: its idle connections live on the [`Endpoint`] itself
+//! (one short uncontended lock), and a connection goes back to it the moment the response body
+//! ends ([`UpstreamBody`](crate::h1::UpstreamBody)).
 //!
-//! Behaviour kept from the legacy client: most recently used connection first; a request that
-//! could not even be written to a reused connection (the server closed it while idle) is sent
-//! again on another one, invisibly; `Host` is set from the endpoint when the request has none;
-//! idle connections are closed after [`POOL_IDLE`]; connect failures (including the connect
-//! timeout) are told apart from failures after the request left.
-//!
-//! Each connection is driven by its own task, which ends when the pool drops the connection's
-//! sender (idle too long, broken, or its endpoint left the table) or the server closes it: the
-//! pool bounds those tasks, as the legacy client's did.
+//! Behaviour: most recently used connection first; an idle connection the server closed (or
+//! that has stray bytes waiting) is dropped before use; a request sent on a reused connection
+//! that got not one byte back — the server closed it as the request went out — is sent again
+//! on another connection, invisibly, when that is safe (its body is buffered, and it was not
+//! written at all or its method is idempotent); `Host` is set from the endpoint when the
+//! request has none; idle connections are closed after [`POOL_IDLE`]; connect failures
+//! (including the connect timeout) are told apart from failures after the request left.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{Builder, SendRequest};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::balance::{Endpoint, InFlight};
-use crate::body::Body;
+use crate::balance::Endpoint;
+use crate::h1::{Conn, Head, Outbound, Outgoing, Stage};
+use crate::retry::is_idempotent;
 
 /// Connecting to an endpoint that does not answer is a connect failure after this long.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -52,14 +41,13 @@ pub(crate) struct Http1Pool {
 
 #[derive(Debug)]
 struct Idle {
-    sender: SendRequest<Body>,
+    conn: Conn,
     since: Instant,
 }
 
 /// Opens connections and keeps the list of endpoints whose idle connections need reaping.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Connector {
-    builder: Builder,
     endpoints: Arc<Mutex<Vec<Weak<Endpoint>>>>,
 }
 
@@ -72,42 +60,29 @@ pub(crate) enum SendError {
     Failed(String),
 }
 
-/// An upstream response body that hands its connection back to the endpoint's pool as soon as
-/// it is complete, and keeps the endpoint's in-flight count until it is dropped.
-#[derive(Debug)]
-pub(crate) struct UpstreamBody {
-    inner: Incoming,
-    /// `Some` for a pooled HTTP/1.1 connection not yet given back.
-    connection: Option<SendRequest<Body>>,
-    in_flight: InFlight,
-}
-
 // === impl Http1Pool ===
 
 impl Http1Pool {
-    /// Takes the most recently used idle connection hyper marks ready; closed ones are dropped
-    /// on the way. One not ready yet (still finishing a request body the server did not wait
-    /// for) stays for later rather than hold this request up: a new connection is opened then.
-    fn take(&self) -> Option<SendRequest<Body>> {
-        let mut idle = lock(&self.idle);
-        idle.retain(|i| !i.sender.is_closed());
-        let at = idle.iter().rposition(|i| i.sender.is_ready())?;
-        Some(idle.remove(at).sender)
+    /// Takes the most recently used idle connection still open; closed ones are dropped.
+    fn take(&self) -> Option<Conn> {
+        loop {
+            let conn = lock(&self.idle).pop()?.conn;
+            if conn.is_open() {
+                return Some(conn);
+            }
+        }
     }
 
-    fn put(&self, sender: SendRequest<Body>) {
-        if sender.is_closed() {
-            return;
-        }
+    pub(crate) fn put(&self, conn: Conn) {
         lock(&self.idle).push(Idle {
-            sender,
+            conn,
             since: Instant::now(),
         });
     }
 
     /// Closes connections idle since before `cutoff`.
     fn reap(&self, cutoff: Instant) {
-        lock(&self.idle).retain(|i| i.since >= cutoff && !i.sender.is_closed());
+        lock(&self.idle).retain(|i| i.since >= cutoff && i.conn.is_open());
     }
 
     #[cfg(test)]
@@ -125,50 +100,56 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Connector {
     pub(crate) fn new() -> Self {
-        Self {
-            builder: {
-                // One copied buffer and one `send` per request, as on the listener (server.rs).
-                let mut builder = Builder::new();
-                builder.writev(false);
-                builder
-            },
-            endpoints: Arc::default(),
-        }
+        Self::default()
     }
 
-    /// Sends `request` (origin-form URI) to `endpoint` over a pooled or new connection. The
-    /// connection comes back with the response, for [`UpstreamBody::new`].
+    /// Sends `request` with `body` to `endpoint` over a pooled or new connection and reads the
+    /// response head. The connection comes back with it, for the response body to own.
     pub(crate) async fn send(
         &self,
         endpoint: &Arc<Endpoint>,
-        mut request: Request<Body>,
-    ) -> Result<(Response<Incoming>, SendRequest<Body>), SendError> {
+        request: Outbound<'_>,
+        body: Outgoing,
+    ) -> Result<(Head, Conn), SendError> {
+        let mut body = Some(body);
         loop {
-            let (mut sender, reused) = match endpoint.http1_pool().take() {
-                Some(mut sender) => match sender.ready().await {
-                    Ok(()) => (sender, true),
-                    Err(_) => continue,
-                },
+            let (mut conn, reused) = match endpoint.http1_pool().take() {
+                Some(conn) => (conn, true),
                 None => (self.connect(endpoint).await?, false),
             };
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, sender)),
-                Err(mut error) => match error.take_message() {
-                    // Not written at all: the reused connection was closed while idle.
-                    Some(unsent) if reused => request = unsent,
-                    _ => {
-                        let error = error.into_error();
-                        // hyper's own message is generic; its source says what broke.
-                        let reason = std::error::Error::source(&error)
-                            .map_or_else(|| error.to_string(), ToString::to_string);
-                        return Err(SendError::Failed(reason));
+            let Some(this) = body.take() else {
+                return Err(SendError::Failed("request body already sent".into()));
+            };
+            // A buffered body can go again if this try finds the connection dead.
+            let again = match &this {
+                Outgoing::Buffered(bytes) if reused => Some(Outgoing::Buffered(bytes.clone())),
+                _ => None,
+            };
+            match conn.exchange(request, this).await {
+                Ok(head) => return Ok((head, conn)),
+                Err((error, stage)) => {
+                    let resend = match stage {
+                        Stage::Write => true,
+                        Stage::NoResponse => is_idempotent(request.method),
+                        Stage::Response => false,
+                    };
+                    match again {
+                        Some(again) if resend => {
+                            tracing::trace!(
+                                endpoint = %endpoint.addr,
+                                %error,
+                                "pooled connection was closed; sending again"
+                            );
+                            body = Some(again);
+                        }
+                        _ => return Err(SendError::Failed(error.to_string())),
                     }
-                },
+                }
             }
         }
     }
 
-    async fn connect(&self, endpoint: &Arc<Endpoint>) -> Result<SendRequest<Body>, SendError> {
+    async fn connect(&self, endpoint: &Arc<Endpoint>) -> Result<Conn, SendError> {
         let stream =
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint.addr)).await {
                 Ok(Ok(stream)) => stream,
@@ -180,17 +161,6 @@ impl Connector {
                 }
             };
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = self
-            .builder
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| SendError::Connect(e.to_string()))?;
-        let addr = endpoint.addr;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::trace!(endpoint = %addr, %error, "upstream connection ended with an error");
-            }
-        });
         if !endpoint
             .http1_pool()
             .registered
@@ -198,7 +168,7 @@ impl Connector {
         {
             lock(&self.endpoints).push(Arc::downgrade(endpoint));
         }
-        Ok(sender)
+        Ok(Conn::new(stream))
     }
 
     /// Closes idle connections older than [`POOL_IDLE`] every [`REAP_EVERY`] until `shutdown`.
@@ -223,87 +193,25 @@ impl Connector {
     }
 }
 
-// === impl UpstreamBody ===
-
-impl UpstreamBody {
-    /// `connection`: the pooled HTTP/1.1 connection the response came on, if any.
-    pub(crate) fn new(
-        inner: Incoming,
-        connection: Option<SendRequest<Body>>,
-        in_flight: InFlight,
-    ) -> Self {
-        let mut body = Self {
-            inner,
-            connection,
-            in_flight,
-        };
-        // A body hyper never polls (HEAD, 204, 304, zero length) is already complete.
-        if body.inner.is_end_stream() {
-            body.release();
-        }
-        body
-    }
-
-    fn release(&mut self) {
-        if let Some(connection) = self.connection.take() {
-            self.in_flight.endpoint().http1_pool().put(connection);
-        }
-    }
-}
-
-impl hyper::body::Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
-            // A broken body leaves the connection in an unknown state: never reuse it.
-            Poll::Ready(Some(Err(_))) => this.connection = None,
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        // Dropped before its end (client gone): the connection is mid-response, not reusable.
-        if self.inner.is_end_stream() {
-            self.release();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
     use std::sync::atomic::AtomicUsize;
 
+    use bytes::Bytes;
+    use http::{HeaderMap, Method, Request, Response, Uri};
     use http_body_util::{BodyExt as _, Full};
+    use hyper::body::Incoming;
     use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::body::empty;
     use crate::config::Protocol;
+    use crate::h1::UpstreamBody;
 
     /// An HTTP/1.1 backend counting the connections it accepted; `/close` answers with
-    /// `connection: close`. Stopped when `stop` is cancelled.
+    /// `connection: close`, `/big` with 4 MiB. Stopped when `stop` is cancelled.
     async fn backend(stop: CancellationToken) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -318,7 +226,12 @@ mod tests {
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 let service = service_fn(|req: Request<Incoming>| async move {
-                    let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
+                    let body = if req.uri().path() == "/big" {
+                        Bytes::from(vec![b'x'; 4 << 20])
+                    } else {
+                        Bytes::from_static(b"ok")
+                    };
+                    let mut response = Response::new(Full::new(body));
                     if req.uri().path() == "/close" {
                         response
                             .headers_mut()
@@ -336,20 +249,28 @@ mod tests {
         (addr, accepted)
     }
 
-    fn get(endpoint: &Endpoint, path: &str) -> Request<Body> {
-        let mut request = Request::new(empty());
-        *request.uri_mut() = path.parse().unwrap();
-        request
-            .headers_mut()
-            .insert(http::header::HOST, endpoint.host.clone());
-        request
+    /// Sends `GET path` through the pool.
+    async fn get(
+        connector: &Connector,
+        endpoint: &Arc<Endpoint>,
+        path: &str,
+    ) -> Result<(Head, Conn), SendError> {
+        let uri: Uri = path.parse().unwrap();
+        let request = Outbound {
+            method: &Method::GET,
+            uri: &uri,
+            headers: &HeaderMap::new(),
+            host: &endpoint.host,
+        };
+        connector
+            .send(endpoint, request, Outgoing::Buffered(Bytes::new()))
+            .await
     }
 
     /// One request through the pool, its body read to the end.
     async fn round_trip(connector: &Connector, endpoint: &Arc<Endpoint>, path: &str) -> Bytes {
-        let (response, connection) = connector.send(endpoint, get(endpoint, path)).await.unwrap();
-        let (_, body) = response.into_parts();
-        let body = UpstreamBody::new(body, Some(connection), endpoint.start());
+        let (head, conn) = get(connector, endpoint, path).await.unwrap();
+        let body = UpstreamBody::new(&head, conn, endpoint.start());
         body.collect().await.unwrap().to_bytes()
     }
 
@@ -396,11 +317,8 @@ mod tests {
             Instant::now(),
         ));
         let connector = Connector::new();
-        let (response, connection) = connector
-            .send(&endpoint, get(&endpoint, "/"))
-            .await
-            .unwrap();
-        let body = UpstreamBody::new(response.into_body(), Some(connection), endpoint.start());
+        let (head, conn) = get(&connector, &endpoint, "/big").await.unwrap();
+        let body = UpstreamBody::new(&head, conn, endpoint.start());
         assert_eq!(endpoint.in_flight(), 1);
         drop(body);
         assert_eq!(endpoint.in_flight(), 0);
@@ -419,7 +337,7 @@ mod tests {
             Protocol::Http1,
             Instant::now(),
         ));
-        let result = Connector::new().send(&endpoint, get(&endpoint, "/")).await;
+        let result = get(&Connector::new(), &endpoint, "/").await;
         assert!(matches!(result, Err(SendError::Connect(_))), "{result:?}");
     }
 }
