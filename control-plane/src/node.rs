@@ -51,6 +51,8 @@ pub struct NodeConfig {
     pub join: bool,
     /// Compact the Raft log after this many applied entries.
     pub snapshot_every: u64,
+    /// ACLs and rate limits.
+    pub access: crate::auth::AccessConfig,
 }
 
 /// Why a node could not start or stopped with an error.
@@ -282,12 +284,25 @@ impl Node {
 
         let peer =
             PeerService::new(config.id, replica.raft().clone()).ending_on(shutdown.child_token());
+        if let Some(secret) = config.access.bootstrap_token.clone() {
+            let replica = replica.clone();
+            let shutdown = shutdown.child_token();
+            let task = tasks.spawn(async move {
+                crate::auth::bootstrap::run(replica, secret, shutdown.clone()).await;
+                // Done once the token is in: a task ending would stop the node.
+                shutdown.cancelled().await;
+                Ok(())
+            });
+            task_names.insert(task.id(), "acl-bootstrap");
+        }
+        let access = crate::api::Access::new(&config.access);
         let api = crate::api::serve(
             listener,
             replica.clone(),
             rooms,
             peer,
             metrics,
+            access,
             shutdown.child_token(),
         );
         let task = tasks.spawn(

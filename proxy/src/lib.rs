@@ -89,6 +89,9 @@ pub struct ProxyConfig {
     pub drain_timeout: Duration,
     /// Spans and OTLP metrics (default: neither).
     pub telemetry: ProxyTelemetry,
+    /// The ACL token secret the discovery stream is opened with (a token that may subscribe
+    /// to the services this proxy serves), when the control plane runs with ACLs.
+    pub token: Option<String>,
 }
 
 /// What a proxy exports: spans per request when it has a tracer, its metrics over OTLP when it
@@ -126,6 +129,7 @@ impl ProxyConfig {
             subscribe: Vec::new(),
             drain_timeout: Duration::from_secs(10),
             telemetry: ProxyTelemetry::default(),
+            token: None,
         }
     }
 
@@ -325,6 +329,16 @@ pub async fn start(
         applier: Applier::new(table_tx, Arc::clone(&metrics)),
         status,
         metrics: Arc::clone(&metrics),
+        authorization: config
+            .token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(|t| format!("Bearer {t}").parse())
+            .transpose()
+            .map_err(|_| ProxyError::Config {
+                field: "token",
+                reason: "not a printable ASCII token".into(),
+            })?,
     };
 
     let upstream = forward::Upstream::new();

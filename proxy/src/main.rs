@@ -52,6 +52,10 @@ struct Args {
     /// scheduler).
     #[arg(long, env = "MERIDIAN_PROXY_THREADS")]
     threads: Option<usize>,
+    /// The ACL token secret to stream from the control plane with (it needs `subscribe` on
+    /// the services this proxy serves).
+    #[arg(long, env = "MERIDIAN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(flatten)]
     telemetry: TelemetryArgs,
 }
@@ -105,6 +109,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         subscribe: args.subscribe,
         drain_timeout: args.drain_timeout,
         telemetry: ProxyTelemetry::default(),
+        token: args.token,
     };
     // Built inside the runtime: the OTLP exporters' channels live on it.
     let telemetry =

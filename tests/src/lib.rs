@@ -27,6 +27,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use meridian_control_plane::auth::AccessConfig;
 use meridian_control_plane::node::{Node, NodeConfig};
 use meridian_proto::v1::cluster_client::ClusterClient;
 use meridian_proto::v1::registry_client::RegistryClient;
@@ -49,16 +50,26 @@ pub struct TestNode {
 impl TestNode {
     /// Starts a single-node cluster on `127.0.0.1:0` and waits until it has a leader.
     pub async fn start() -> Self {
-        Self::start_inner(None).await
+        Self::start_inner(None, AccessConfig::default()).await
+    }
+
+    /// [`TestNode::start`] with ACLs and rate limits as `access` says. With ACLs on, it waits
+    /// for its leader — and for the bootstrap token to be installed — using that token.
+    pub async fn start_with_access(access: AccessConfig) -> Self {
+        Self::start_inner(None, access).await
     }
 
     /// [`TestNode::start`], recording metrics with `telemetry`'s meter (kept alive by the
     /// caller while the node runs).
     pub async fn start_with(telemetry: &meridian_telemetry::Telemetry) -> Self {
-        Self::start_inner(Some(telemetry)).await
+        Self::start_inner(Some(telemetry), AccessConfig::default()).await
     }
 
-    async fn start_inner(telemetry: Option<&meridian_telemetry::Telemetry>) -> Self {
+    async fn start_inner(
+        telemetry: Option<&meridian_telemetry::Telemetry>,
+        access: AccessConfig,
+    ) -> Self {
+        let token = access.bootstrap_token.clone();
         let data_dir = tempfile::tempdir().expect("tempdir");
         let listen: SocketAddr = "127.0.0.1:0".parse().expect("addr");
         let config = NodeConfig {
@@ -72,6 +83,7 @@ impl TestNode {
             peers: vec![(1, listen.to_string())],
             snapshot_every: NodeConfig::DEFAULT_SNAPSHOT_EVERY,
             join: false,
+            access,
         };
         let node = match telemetry {
             Some(telemetry) => Node::start_with(config, telemetry).await,
@@ -94,9 +106,13 @@ impl TestNode {
         let cluster = ClusterClient::new(this.channel().await);
         wait_for("a leader", Duration::from_secs(10), || {
             let mut cluster = cluster.clone();
+            let token = token.clone();
             async move {
                 let s = cluster
-                    .status(meridian_proto::v1::StatusRequest {})
+                    .status(with_token(
+                        meridian_proto::v1::StatusRequest {},
+                        token.as_deref(),
+                    ))
                     .await
                     .ok()?;
                 (s.get_ref().leader_id != 0).then_some(())
@@ -267,4 +283,16 @@ where
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// `message` as a request carrying `authorization: Bearer TOKEN` (none without a token).
+pub fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(token) = token {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("an ASCII token"),
+        );
+    }
+    request
 }

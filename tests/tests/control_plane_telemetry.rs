@@ -132,6 +132,7 @@ async fn a_heartbeat_relayed_by_a_follower_is_one_trace_across_both_nodes() {
             peers: peers.clone(),
             snapshot_every: NodeConfig::DEFAULT_SNAPSHOT_EVERY,
             join: false,
+            access: Default::default(),
         };
         nodes.push(Node::start(config).await.unwrap());
     }

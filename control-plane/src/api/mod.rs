@@ -30,6 +30,7 @@ mod watch;
 
 use std::net::SocketAddr;
 
+use meridian_proto::v1::acl_server::AclServer;
 use meridian_proto::v1::cluster_server::ClusterServer;
 use meridian_proto::v1::discovery_server::DiscoveryServer;
 use meridian_proto::v1::registry_server::RegistryServer;
@@ -68,6 +69,25 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// Who may call: the authorizer and the per-caller rate limiter every call passes.
+#[derive(Debug, Clone)]
+pub struct Access {
+    authorizer: crate::auth::Authorizer,
+    rate: Option<std::sync::Arc<crate::auth::RateLimiter>>,
+}
+
+impl Access {
+    /// From a node's access configuration (burst: two seconds' worth of calls).
+    pub fn new(config: &crate::auth::AccessConfig) -> Self {
+        Self {
+            authorizer: crate::auth::Authorizer::new(config.acl_enabled),
+            rate: config.rate_limit.map(|per_second| {
+                std::sync::Arc::new(crate::auth::RateLimiter::new(per_second, 2.0 * per_second))
+            }),
+        }
+    }
+}
+
 /// Serves the API on `listener` until `shutdown` is cancelled, then drains in-flight calls.
 /// Every call is traced and counted into `metrics` (see [`crate::telemetry::grpc`]).
 pub async fn serve(
@@ -76,6 +96,7 @@ pub async fn serve(
     rooms: Rooms,
     peer: PeerService<ApplyResult>,
     metrics: crate::telemetry::NodeMetrics,
+    access: Access,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let local: Option<SocketAddr> = listener.local_addr().ok();
@@ -112,6 +133,8 @@ pub async fn serve(
     let registry = RegistryServer::new(registry::RegistryService::new(replica.clone(), rooms))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let views = replica.subscribe();
+    let acl = AclServer::new(acl::AclService::new(replica.clone(), access.authorizer))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
     let cluster = ClusterServer::new(cluster::ClusterService::new(replica));
     // Snapshots arrive in frames of at most 1 MiB; leave room for framing.
     let peer = PeerServer::new(peer).max_decoding_message_size(2 * crate::peer::FRAME_BYTES);
@@ -126,10 +149,7 @@ pub async fn serve(
         // the API metrics.
         .layer(crate::telemetry::GrpcLayer::new(metrics))
         // Then who is calling: every handler checks the caller this puts on the request.
-        .layer(crate::auth::AuthLayer::new(
-            crate::auth::Authorizer::new(false),
-            views,
-        ))
+        .layer(crate::auth::AuthLayer::new(access.authorizer, views).with_rate_limit(access.rate))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -137,6 +157,7 @@ pub async fn serve(
         .add_service(routing)
         .add_service(discovery)
         .add_service(cluster)
+        .add_service(acl)
         .add_service(peer)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;

@@ -26,3 +26,14 @@ pub use check::{Authorizer, Caller, denied};
 pub use layer::{AuthLayer, caller};
 pub use rate::RateLimiter;
 pub use secret::{NewToken, hash_secret};
+
+/// A node's access control: ACLs on or off, the bootstrap token, the per-caller rate limit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AccessConfig {
+    /// Every call needs a token (`--acl-enabled`).
+    pub acl_enabled: bool,
+    /// The first admin token's secret (`--acl-bootstrap-token`), installed once per cluster.
+    pub bootstrap_token: Option<String>,
+    /// Calls per second per caller (`--rate-limit`); `None`: unlimited.
+    pub rate_limit: Option<f64>,
+}

@@ -6,7 +6,9 @@ use meridian_proto::v1 as pb;
 use meridian_proto::v1::cluster_client::ClusterClient;
 use meridian_proto::v1::registry_client::RegistryClient;
 use serde_json::{Value, json};
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Endpoint;
 
 use super::{
     ClusterCommand, Command, ConsistencyArg, DiscoverArgs, HealthArg, HealthFilterArg,
@@ -15,8 +17,39 @@ use super::{
 
 type Outcome = Result<(), String>;
 
-pub(super) async fn run(addr: &str, json: bool, command: Command) -> Outcome {
-    let channel = connect(addr).await?;
+/// A connection to a node, every call carrying the token given (`--token`/`MERIDIAN_TOKEN`).
+pub(super) type Channel = InterceptedService<tonic::transport::Channel, Bearer>;
+
+/// Adds `authorization: Bearer SECRET` to every call (nothing without a token).
+#[derive(Clone)]
+pub(super) struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            req.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(req)
+    }
+}
+
+impl Bearer {
+    /// From the `--token` flag; refuses a token that cannot be a header value.
+    pub(super) fn new(token: Option<&str>) -> Result<Self, String> {
+        token
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| "--token: not a printable ASCII token".to_owned())
+            })
+            .transpose()
+            .map(Self)
+    }
+}
+
+pub(super) async fn run(addr: &str, bearer: Bearer, json: bool, command: Command) -> Outcome {
+    let channel = connect(addr, bearer.clone()).await?;
     let registry = RegistryClient::new(channel.clone());
     match command {
         Command::Namespace(c) => namespace(registry, json, c).await,
@@ -29,21 +62,24 @@ pub(super) async fn run(addr: &str, json: bool, command: Command) -> Outcome {
         Command::Cluster(ClusterCommand::Status) => {
             cluster_status(ClusterClient::new(channel), json).await
         }
-        Command::Cluster(c) => cluster_change(ClusterClient::new(channel), json, c).await,
+        Command::Cluster(c) => cluster_change(ClusterClient::new(channel), bearer, json, c).await,
+        Command::Acl(c) => super::acl::run(channel, json, c).await,
+        Command::Tls(_) => Err("not a client command".into()),
         Command::Dev(_) | Command::Server(_) | Command::Exec(_) => {
             Err("not a client command".into())
         }
     }
 }
 
-pub(super) async fn connect(addr: &str) -> Result<Channel, String> {
+pub(super) async fn connect(addr: &str, bearer: Bearer) -> Result<Channel, String> {
     let endpoint = Endpoint::from_shared(addr.to_owned())
         .map_err(|e| format!("--addr: {addr:?} is not a URL ({e})"))?
         .connect_timeout(std::time::Duration::from_secs(3));
-    endpoint
+    let channel = endpoint
         .connect()
         .await
-        .map_err(|e| format!("cannot reach meridian at {addr}: {}", root_cause(&e)))
+        .map_err(|e| format!("cannot reach meridian at {addr}: {}", root_cause(&e)))?;
+    Ok(InterceptedService::new(channel, bearer))
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -456,6 +492,7 @@ async fn cluster_status(mut client: ClusterClient<Channel>, json: bool) -> Outco
 /// address (members' addresses are their gRPC listeners).
 async fn cluster_change(
     mut client: ClusterClient<Channel>,
+    bearer: Bearer,
     json: bool,
     command: ClusterCommand,
 ) -> Outcome {
@@ -475,7 +512,7 @@ async fn cluster_change(
                     .ok_or_else(|| {
                         format!("the leader is node {leader}, whose address is unknown")
                     })?;
-                let channel = connect(&format!("http://{address}")).await?;
+                let channel = connect(&format!("http://{address}"), bearer).await?;
                 cluster_call(&mut ClusterClient::new(channel), &command).await
             }
             None => Err(s),

@@ -30,16 +30,16 @@ use std::os::unix::process::ExitStatusExt as _;
 use std::process::{ExitCode, ExitStatus};
 use std::time::Duration;
 
+use super::client::Channel;
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::registry_client::RegistryClient;
 use rustix::process::{Pid, Signal, kill_process};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic::transport::Channel;
 
 use super::ExecArgs;
-use super::client::{connect, status};
+use super::client::{Bearer, connect, status};
 
 /// Exit code when exec itself fails before the program starts.
 const EXEC_FAILED: u8 = 125;
@@ -69,8 +69,8 @@ struct Instance {
 }
 
 /// Runs `meridian exec` and returns the exit code to leave with.
-pub(super) async fn run(addr: &str, args: ExecArgs) -> ExitCode {
-    match prepare(addr, &args).await {
+pub(super) async fn run(addr: &str, bearer: Bearer, args: ExecArgs) -> ExitCode {
+    match prepare(addr, bearer, &args).await {
         Ok((client, instance, beat)) => supervise(client, instance, beat, &args.command).await,
         Err(reason) => {
             eprintln!("error: {}", reason.replace('\n', " "));
@@ -83,9 +83,10 @@ pub(super) async fn run(addr: &str, args: ExecArgs) -> ExitCode {
 /// starts. Returns the heartbeat period (`None` without a TTL check).
 async fn prepare(
     addr: &str,
+    bearer: Bearer,
     args: &ExecArgs,
 ) -> Result<(RegistryClient<Channel>, Instance, Option<Duration>), String> {
-    let mut client = RegistryClient::new(connect(addr).await?);
+    let mut client = RegistryClient::new(connect(addr, bearer).await?);
     let service = client
         .get_service(pb::GetServiceRequest {
             name: args.service.clone(),

@@ -5,6 +5,7 @@
 //! `http://127.0.0.1:7400`), print tables for people and `--json` for scripts, and exit
 //! non-zero with a one-line reason on error.
 
+mod acl;
 mod client;
 mod exec;
 mod output;
@@ -13,6 +14,7 @@ mod proxies;
 mod route;
 mod route_file;
 mod server;
+mod tls;
 mod watch;
 
 use std::net::SocketAddr;
@@ -40,6 +42,9 @@ pub struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// The ACL token secret to call with (when the cluster runs with --acl-enabled).
+    #[arg(long, global = true, env = "MERIDIAN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -77,6 +82,18 @@ enum Command {
     Cluster(ClusterCommand),
     /// Run a program and keep it registered while it lives (deregistered when it exits).
     Exec(ExecArgs),
+    /// ACL tokens: create, list, revoke, whoami.
+    #[command(subcommand)]
+    Acl(acl::AclCommand),
+    /// TLS: a development CA and certificates (`tls init`).
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsCommand {
+    /// Create a CA and node and client certificates in a directory (keeps what exists).
+    Init(tls::TlsInitArgs),
 }
 
 /// Where a node listens: shared by `dev` and `server`.
@@ -107,7 +124,49 @@ struct DevArgs {
     #[command(flatten)]
     listeners: Listeners,
     #[command(flatten)]
+    access: AccessArgs,
+    #[command(flatten)]
     telemetry: TelemetryArgs,
+}
+
+/// `--acl-enabled`, `--acl-bootstrap-token`, `--rate-limit` (dev and server).
+#[derive(Debug, Args)]
+struct AccessArgs {
+    /// Require a token on every call (see docs/security.md).
+    #[arg(long)]
+    acl_enabled: bool,
+    /// The first admin token's secret, installed once for the whole cluster (give every node
+    /// the same one). Prefer the variable: command lines are visible to other users.
+    #[arg(
+        long,
+        env = "MERIDIAN_ACL_BOOTSTRAP_TOKEN",
+        hide_env_values = true,
+        requires = "acl_enabled"
+    )]
+    acl_bootstrap_token: Option<String>,
+    /// At most this many calls per second per caller (token, or client address without
+    /// ACLs), with bursts of twice that; beyond it calls get RESOURCE_EXHAUSTED.
+    #[arg(long, value_parser = parse_rate)]
+    rate_limit: Option<f64>,
+}
+
+impl AccessArgs {
+    fn config(&self) -> crate::auth::AccessConfig {
+        crate::auth::AccessConfig {
+            acl_enabled: self.acl_enabled,
+            bootstrap_token: self.acl_bootstrap_token.clone(),
+            rate_limit: self.rate_limit,
+        }
+    }
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a positive number of calls per second"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -132,6 +191,8 @@ struct ServerArgs {
     /// bootstrapping one; --peers then lists the current members and this node.
     #[arg(long)]
     join: bool,
+    #[command(flatten)]
+    access: AccessArgs,
     #[command(flatten)]
     telemetry: TelemetryArgs,
 }
@@ -384,8 +445,15 @@ pub fn main() -> ExitCode {
             Command::Dev(args) => server::dev(args).await,
             Command::Server(args) => server::server(args).await,
             // Exits with the program's code, so it reports its own failures.
-            Command::Exec(args) => return Ok(exec::run(&cli.addr, args).await),
-            command => client::run(&cli.addr, cli.json, command).await,
+            Command::Tls(TlsCommand::Init(args)) => tls::run(cli.json, args),
+            command => {
+                let bearer = client::Bearer::new(cli.token.as_deref())?;
+                match command {
+                    // Exits with the program's code, so it reports its own failures.
+                    Command::Exec(args) => return Ok(exec::run(&cli.addr, bearer, args).await),
+                    command => client::run(&cli.addr, bearer, cli.json, command).await,
+                }
+            }
         }
         .map(|()| ExitCode::SUCCESS)
     });

@@ -1,9 +1,9 @@
 //! `meridian proxies`: the proxies connected to the cluster and the config version each runs.
 
+use super::client::Channel;
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::discovery_client::DiscoveryClient;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
 use super::client::status;
 use super::output;

@@ -4,12 +4,12 @@
 
 use std::time::{Duration, Instant};
 
+use super::client::Channel;
 use clap::{Args, Subcommand, ValueEnum};
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::discovery_client::DiscoveryClient;
 use meridian_proto::v1::routing_client::RoutingClient;
 use serde_json::json;
-use tonic::transport::Channel;
 
 use super::client::status;
 use super::route_file::{self, RouteFile};

@@ -35,6 +35,7 @@ pub(super) async fn dev(args: DevArgs) -> Result<(), String> {
         peers: vec![(1, args.listeners.listen.to_string())],
         snapshot_every: NodeConfig::DEFAULT_SNAPSHOT_EVERY,
         join: false,
+        access: args.access.config(),
     };
     run(config, &args.telemetry, true).await
 }
@@ -55,6 +56,7 @@ pub(super) async fn server(args: ServerArgs) -> Result<(), String> {
         peers,
         snapshot_every: args.snapshot_every,
         join: args.join,
+        access: args.access.config(),
     };
     run(config, &args.telemetry, false).await
 }

@@ -1,11 +1,11 @@
 //! `meridian watch`: prints a watch stream as it comes, one line per change (or per full
 //! state), or one JSON object per line with `--json`.
 
+use super::client::Channel;
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::registry_client::RegistryClient;
 use pb::watch_response::Body;
 use serde_json::json;
-use tonic::transport::Channel;
 
 use super::client::{attributes_of, endpoint_of, health_word, instance_json, status};
 use super::{WatchArgs, output};

@@ -54,6 +54,8 @@ pub(crate) struct Client {
     pub(crate) applier: Applier,
     pub(crate) status: Arc<Status>,
     pub(crate) metrics: Arc<Metrics>,
+    /// `Bearer TOKEN` for the stream's `authorization` metadata, with ACLs.
+    pub(crate) authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 /// How one stream ended.
@@ -69,6 +71,17 @@ enum Ended {
 // === impl Client ===
 
 impl Client {
+    /// The stream's request, with the token when there is one.
+    fn request<T>(&self, body: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(body);
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        request
+    }
+
     /// Runs until `shutdown` is cancelled.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = BACKOFF_BASE;
@@ -164,7 +177,7 @@ impl Client {
         let mut client = DiscoveryClient::new(channel);
         let inbound = tokio::select! {
             () = shutdown.cancelled() => return Ended::Shutdown,
-            r = client.stream(ReceiverStream::new(rx)) => r,
+            r = client.stream(self.request(ReceiverStream::new(rx))) => r,
         };
         let mut inbound = match inbound {
             Ok(response) => response.into_inner(),
