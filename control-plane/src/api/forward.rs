@@ -23,6 +23,7 @@ use tonic::{Code, Request, Status};
 
 use super::convert;
 use super::error::{heartbeat_status, registry_status};
+use super::fanout::{AUTHORIZATION, Authorization};
 use crate::health::{HealthHandle, HeartbeatError};
 use crate::replica::Replica;
 
@@ -61,6 +62,8 @@ impl Forwarder {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<pb::HeartbeatResponse, Status> {
         let relayed = request.metadata().contains_key(FORWARDED);
+        // The caller's token goes with a relayed call: the leader checks it too.
+        let authorization = request.metadata().get(AUTHORIZATION).cloned();
         let request = request.into_inner();
         let service =
             convert::service_name("service", &request.service).map_err(registry_status)?;
@@ -80,7 +83,7 @@ impl Forwarder {
                     return Err(heartbeat_status(e));
                 }
                 Err(HeartbeatError::NotLeader { .. }) => {
-                    match self.relay(replica, &request).await {
+                    match self.relay(replica, &request, authorization.as_ref()).await {
                         Ok(Some(answer)) => return Ok(answer),
                         // This node leads, but its health task has not noticed yet (it polls).
                         Ok(None) => Status::unavailable(
@@ -104,6 +107,7 @@ impl Forwarder {
         &self,
         replica: &Replica,
         request: &pb::HeartbeatRequest,
+        authorization: Option<&Authorization>,
     ) -> Result<Option<pb::HeartbeatResponse>, Status> {
         let status = replica
             .raft()
@@ -133,6 +137,9 @@ impl Forwarder {
         call.set_timeout(ATTEMPT_TIMEOUT);
         call.metadata_mut()
             .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        if let Some(value) = authorization {
+            call.metadata_mut().insert(AUTHORIZATION, value.clone());
+        }
         tracing::trace!(leader, %address, "relaying a heartbeat to the leader");
         // A client span for the relay; the leader's server span continues it.
         let span = tracing::info_span!(
