@@ -187,6 +187,12 @@ fn payload(rng: &mut fastrand::Rng, i: usize) -> Bytes {
     })
 }
 
+/// A stream that opened: reads what comes at once, then hangs up.
+async fn glance(response: tonic::Response<tonic::Streaming<Bytes>>) {
+    let mut stream = response.into_inner();
+    let _ = tokio::time::timeout(Duration::from_millis(20), stream.message()).await;
+}
+
 /// Sends one garbage call; the answer must be a status or a (streamed) response, whose code
 /// is returned.
 async fn call(channel: &Channel, method: &Method, body: Bytes) -> Result<Code, String> {
@@ -202,12 +208,7 @@ async fn call(channel: &Channel, method: &Method, body: Bytes) -> Result<Code, S
             .server_streaming(tonic::Request::new(body), path, RawCodec)
             .await
         {
-            // A stream that opened: read what comes at once, then hang up.
-            Ok(response) => {
-                let mut stream = response.into_inner();
-                let _ = tokio::time::timeout(Duration::from_millis(20), stream.message()).await;
-                Ok(())
-            }
+            Ok(response) => Ok(glance(response).await),
             Err(status) => Err(status),
         },
         (true, _) => {
@@ -216,11 +217,7 @@ async fn call(channel: &Channel, method: &Method, body: Bytes) -> Result<Code, S
                 .streaming(tonic::Request::new(frames), path, RawCodec)
                 .await
             {
-                Ok(response) => {
-                    let mut stream = response.into_inner();
-                    let _ = tokio::time::timeout(Duration::from_millis(20), stream.message()).await;
-                    Ok(())
-                }
+                Ok(response) => Ok(glance(response).await),
                 Err(status) => Err(status),
             }
         }
