@@ -208,7 +208,10 @@ async fn call(channel: &Channel, method: &Method, body: Bytes) -> Result<Code, S
             .server_streaming(tonic::Request::new(body), path, RawCodec)
             .await
         {
-            Ok(response) => Ok(glance(response).await),
+            Ok(response) => {
+                glance(response).await;
+                Ok(())
+            }
             Err(status) => Err(status),
         },
         (true, _) => {
@@ -217,7 +220,10 @@ async fn call(channel: &Channel, method: &Method, body: Bytes) -> Result<Code, S
                 .streaming(tonic::Request::new(frames), path, RawCodec)
                 .await
             {
-                Ok(response) => Ok(glance(response).await),
+                Ok(response) => {
+                    glance(response).await;
+                    Ok(())
+                }
                 Err(status) => Err(status),
             }
         }
