@@ -1132,3 +1132,79 @@ async fn sigterm_stops_a_node_whose_peers_keep_running() {
         );
     }
 }
+
+/// Tokens replicate: one created at the leader works on every node, and once revoked it stops
+/// working on every node.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_token_stops_working_on_every_node() {
+    use meridian_proto::v1::acl_client::AclClient;
+    use meridian_tests::with_token;
+
+    const ROOT: &str = "cluster-root-secret";
+    let cluster = ProcessCluster::start(
+        Path::new(BIN),
+        3,
+        &["--acl-enabled", "--acl-bootstrap-token", ROOT],
+    )
+    .await;
+    let leader = cluster.wait_for_leader(PATIENCE).await;
+    let mut acl = AclClient::new(cluster.channel(leader));
+    let created = acl
+        .create_token(with_token(
+            pb::CreateTokenRequest {
+                description: "reader".into(),
+                policy: Some(pb::AclPolicy {
+                    admin: false,
+                    rules: vec![pb::AclRule {
+                        resource: pb::AclResource::Namespace.into(),
+                        name: Some(pb::acl_rule::Name::Prefix(String::new())),
+                        access: pb::AclAccess::Read.into(),
+                    }],
+                }),
+            },
+            Some(ROOT),
+        ))
+        .await
+        .expect("the bootstrap token is an admin on the leader")
+        .into_inner();
+    let secret = created.secret;
+    let list = |id: u64| {
+        let mut registry = cluster.registry(id);
+        let secret = secret.clone();
+        async move {
+            registry
+                .list_namespaces(with_token(
+                    pb::ListNamespacesRequest::default(),
+                    Some(&secret),
+                ))
+                .await
+        }
+    };
+    for id in cluster.ids() {
+        wait_for("the new token to work on every node", PATIENCE, || async {
+            list(id).await.ok()
+        })
+        .await;
+    }
+    acl.revoke_token(with_token(
+        pb::RevokeTokenRequest {
+            accessor: created.token.expect("token").accessor,
+        },
+        Some(ROOT),
+    ))
+    .await
+    .expect("revoke");
+    for id in cluster.ids() {
+        let refused = wait_for(
+            "the revoked token to be refused on every node",
+            PATIENCE,
+            || async { list(id).await.err() },
+        )
+        .await;
+        assert_eq!(
+            refused.code(),
+            tonic::Code::Unauthenticated,
+            "node {id}: {refused:?}"
+        );
+    }
+}

@@ -158,16 +158,29 @@ impl ProcessCluster {
             .connect_lazy()
     }
 
+    /// The value of `--acl-bootstrap-token` among the extra flags.
+    pub fn bootstrap_token(&self) -> Option<&str> {
+        self.extra_args
+            .iter()
+            .position(|a| a == "--acl-bootstrap-token")
+            .and_then(|i| self.extra_args.get(i + 1))
+            .map(String::as_str)
+    }
+
     /// A `Registry` client for node `id`.
     pub fn registry(&self, id: u64) -> RegistryClient<Channel> {
         RegistryClient::new(self.channel(id))
     }
 
-    /// Node `id`'s own status, if it answers.
+    /// Node `id`'s own status, if it answers (asked with the `--acl-bootstrap-token` of the
+    /// extra flags, when there is one).
     pub async fn status(&self, id: u64) -> Option<pb::StatusResponse> {
         let mut client = ClusterClient::new(self.channel(id));
         client
-            .status(pb::StatusRequest {})
+            .status(crate::with_token(
+                pb::StatusRequest {},
+                self.bootstrap_token(),
+            ))
             .await
             .ok()
             .map(tonic::Response::into_inner)
