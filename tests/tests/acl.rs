@@ -107,7 +107,7 @@ async fn tokens_decide_who_may_read_write_and_manage() {
     let node = TestNode::start_with_access(AccessConfig {
         acl_enabled: true,
         bootstrap_token: Some(ROOT.into()),
-        rate_limit: None,
+        ..AccessConfig::default()
     })
     .await;
     for ns in ["cafe.local", "bank.local"] {
@@ -262,9 +262,8 @@ async fn tokens_decide_who_may_read_write_and_manage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_over_its_rate_gets_resource_exhausted_then_recovers() {
     let node = TestNode::start_with_access(AccessConfig {
-        acl_enabled: false,
-        bootstrap_token: None,
         rate_limit: Some(20.0),
+        ..AccessConfig::default()
     })
     .await;
     let mut registry = RegistryClient::new(node.channel().await);
@@ -291,5 +290,45 @@ async fn a_caller_over_its_rate_gets_resource_exhausted_then_recovers() {
         }
     })
     .await;
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_full_of_instances_refuses_new_ones_but_not_updates() {
+    let node = TestNode::start_with_access(AccessConfig {
+        max_instances_per_service: Some(2),
+        ..AccessConfig::default()
+    })
+    .await;
+    let mut registry = node.cafe(&["orders"]).await;
+    let register = |id: &str| pb::RegisterInstanceRequest {
+        service: "orders.cafe.local".into(),
+        id: id.into(),
+        address: "127.0.0.1".into(),
+        port: 8080,
+        ..Default::default()
+    };
+    registry.register_instance(register("i-1")).await.unwrap();
+    registry.register_instance(register("i-2")).await.unwrap();
+    let err = registry
+        .register_instance(register("i-3"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("orders.cafe.local"), "{err:?}");
+    assert!(
+        err.message().contains("--max-instances-per-service 2"),
+        "{err:?}"
+    );
+    // Re-registering (an update) is not a new instance.
+    registry.register_instance(register("i-1")).await.unwrap();
+    registry
+        .deregister_instance(pb::DeregisterInstanceRequest {
+            service: "orders.cafe.local".into(),
+            id: "i-2".into(),
+        })
+        .await
+        .unwrap();
+    registry.register_instance(register("i-3")).await.unwrap();
     node.stop().await.unwrap();
 }

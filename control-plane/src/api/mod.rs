@@ -74,6 +74,7 @@ pub enum ServeError {
 pub struct Access {
     authorizer: crate::auth::Authorizer,
     rate: Option<std::sync::Arc<crate::auth::RateLimiter>>,
+    max_instances_per_service: Option<usize>,
 }
 
 impl Access {
@@ -84,6 +85,7 @@ impl Access {
             rate: config.rate_limit.map(|per_second| {
                 std::sync::Arc::new(crate::auth::RateLimiter::new(per_second, 2.0 * per_second))
             }),
+            max_instances_per_service: config.max_instances_per_service,
         }
     }
 }
@@ -130,8 +132,11 @@ pub async fn serve(
         rooms.discovery.clone(),
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let registry = RegistryServer::new(registry::RegistryService::new(replica.clone(), rooms))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let registry = RegistryServer::new(
+        registry::RegistryService::new(replica.clone(), rooms)
+            .with_max_instances(access.max_instances_per_service),
+    )
+    .max_decoding_message_size(MAX_REQUEST_BYTES);
     let views = replica.subscribe();
     let acl = AclServer::new(acl::AclService::new(replica.clone(), access.authorizer))
         .max_decoding_message_size(MAX_REQUEST_BYTES);

@@ -24,6 +24,8 @@ pub struct RegistryService {
     /// State of the xorshift generator that shuffles discovery answers. Not cryptographic:
     /// it only spreads load across instances, as Cloud Map's random order does.
     shuffle: AtomicU64,
+    /// `--max-instances-per-service`.
+    max_instances: Option<usize>,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -42,7 +44,18 @@ impl RegistryService {
             rooms,
             forwarder: Forwarder::default(),
             shuffle: AtomicU64::new(seed),
+            max_instances: None,
         }
+    }
+
+    /// Refuses a registration that would give a service more than `max` instances
+    /// (`RESOURCE_EXHAUSTED`). Checked against this node's view before proposing, like etcd's
+    /// quota: concurrent registrations through several nodes can overshoot by the few in
+    /// flight; re-registering an existing instance is always allowed.
+    #[must_use]
+    pub fn with_max_instances(mut self, max: Option<usize>) -> Self {
+        self.max_instances = max;
+        self
     }
 
     async fn write(&self, command: Command) -> Result<(u64, Outcome), Status> {
@@ -271,6 +284,21 @@ impl RegistryApi for RegistryService {
             return Err(Status::internal("conversion produced another command"));
         };
         caller.require_service(service, Access::Write)?;
+        if let (Some(max), Command::RegisterInstance { instance, .. }) =
+            (self.max_instances, &command)
+        {
+            let view = self.replica.current();
+            if let Ok(existing) = view.registry.service(service)
+                && existing.instances.len() >= max
+                && !existing.instances.contains_key(&instance.id)
+            {
+                return Err(Status::resource_exhausted(format!(
+                    "service {service} has {} instances, the most this cluster allows \
+                     (--max-instances-per-service {max})",
+                    existing.instances.len()
+                )));
+            }
+        }
         let service = service.clone();
         let (revision, outcome) = self.write(command).await?;
         let Outcome::Instance { instance, replaced } = outcome else {

@@ -36,4 +36,6 @@ pub struct AccessConfig {
     pub bootstrap_token: Option<String>,
     /// Calls per second per caller (`--rate-limit`); `None`: unlimited.
     pub rate_limit: Option<f64>,
+    /// Instances one service may hold (`--max-instances-per-service`); `None`: unlimited.
+    pub max_instances_per_service: Option<usize>,
 }

@@ -148,6 +148,10 @@ struct AccessArgs {
     /// ACLs), with bursts of twice that; beyond it calls get RESOURCE_EXHAUSTED.
     #[arg(long, value_parser = parse_rate)]
     rate_limit: Option<f64>,
+    /// Refuse registrations beyond this many instances in one service (RESOURCE_EXHAUSTED);
+    /// default: no limit.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_instances_per_service: Option<u32>,
 }
 
 impl AccessArgs {
@@ -156,6 +160,7 @@ impl AccessArgs {
             acl_enabled: self.acl_enabled,
             bootstrap_token: self.acl_bootstrap_token.clone(),
             rate_limit: self.rate_limit,
+            max_instances_per_service: self.max_instances_per_service.map(|n| n as usize),
         }
     }
 }

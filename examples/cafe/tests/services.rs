@@ -50,9 +50,10 @@ impl Drop for Service {
     }
 }
 
+/// A free port below the ephemeral range: a `bind(0)` port may be taken as the local port of
+/// any outgoing connection before the service binds it (or even connect to itself).
 fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
+    meridian_tests::free_loopback_addr()
 }
 
 /// `GET path` over HTTP/1.0 with `headers`: status, headers (lower-case names), body.
