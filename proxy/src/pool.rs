@@ -267,6 +267,16 @@ mod tests {
             .await
     }
 
+    /// An HTTP/1.1 endpoint at `addr`.
+    fn http1_endpoint(addr: std::net::SocketAddr) -> Arc<Endpoint> {
+        Arc::new(Endpoint::new(
+            "i-1".into(),
+            addr,
+            Protocol::Http1,
+            Instant::now(),
+        ))
+    }
+
     /// One request through the pool, its body read to the end.
     async fn round_trip(connector: &Connector, endpoint: &Arc<Endpoint>, path: &str) -> Bytes {
         let (head, conn) = get(connector, endpoint, path).await.unwrap();
@@ -279,12 +289,7 @@ mod tests {
         let stop = CancellationToken::new();
         let _stop = stop.clone().drop_guard();
         let (addr, accepted) = backend(stop).await;
-        let endpoint = Arc::new(Endpoint::new(
-            "i-1".into(),
-            addr,
-            Protocol::Http1,
-            Instant::now(),
-        ));
+        let endpoint = http1_endpoint(addr);
         let connector = Connector::new();
         for _ in 0..5 {
             assert_eq!(round_trip(&connector, &endpoint, "/").await, "ok");
@@ -310,12 +315,7 @@ mod tests {
         let stop = CancellationToken::new();
         let _stop = stop.clone().drop_guard();
         let (addr, _) = backend(stop).await;
-        let endpoint = Arc::new(Endpoint::new(
-            "i-1".into(),
-            addr,
-            Protocol::Http1,
-            Instant::now(),
-        ));
+        let endpoint = http1_endpoint(addr);
         let connector = Connector::new();
         let (head, conn) = get(&connector, &endpoint, "/big").await.unwrap();
         let body = UpstreamBody::new(&head, conn, endpoint.start());
@@ -331,12 +331,7 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             listener.local_addr().unwrap()
         };
-        let endpoint = Arc::new(Endpoint::new(
-            "i-1".into(),
-            addr,
-            Protocol::Http1,
-            Instant::now(),
-        ));
+        let endpoint = http1_endpoint(addr);
         let result = get(&Connector::new(), &endpoint, "/").await;
         assert!(matches!(result, Err(SendError::Connect(_))), "{result:?}");
     }
