@@ -8,7 +8,7 @@ use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const ORDERS: &str = env!("CARGO_BIN_EXE_cafe-orders");
 const REPORTS: &str = env!("CARGO_BIN_EXE_cafe-reports");
@@ -24,22 +24,37 @@ struct Service {
 // === impl Service ===
 
 impl Service {
+    /// Starts `bin` on port 0 and reads the address it bound from its first line of output:
+    /// no port is chosen here, so no other process on the machine can take it in between.
     fn start(bin: &str, args: &[&str]) -> Self {
-        let addr = free_addr();
-        let child = Command::new(bin)
-            .args(["--listen", &addr.to_string()])
+        let mut child = Command::new(bin)
+            .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("start the service");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "{bin} never listened on {addr}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, addr }
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let mut service = Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("{bin} said nothing within 20 s"));
+        service.addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("{bin}: expected `listening on http://ADDR`, got {line:?}"));
+        service
     }
 }
 
@@ -48,12 +63,6 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A free port below the ephemeral range: a `bind(0)` port may be taken as the local port of
-/// any outgoing connection before the service binds it (or even connect to itself).
-fn free_addr() -> SocketAddr {
-    meridian_tests::free_loopback_addr()
 }
 
 /// `GET path` over HTTP/1.0 with `headers`: status, headers (lower-case names), body.
@@ -164,9 +173,11 @@ fn recording_upstream() -> (SocketAddr, mpsc::Receiver<Vec<String>>) {
                     head.push(line.trim_end().to_ascii_lowercase());
                 }
                 let body = r#"{"version":"v1","orders":[{"items":["tea"],"total":"2.50"}]}"#;
+                // One answer per connection, and said so: a client that pooled the connection
+                // would otherwise send its next lookup into one this thread has closed.
                 let _ = write!(
                     stream,
-                    "HTTP/1.1 200 OK\r\nx-cafe-version: v1\r\ncontent-length: {}\r\n\r\n{body}",
+                    "HTTP/1.1 200 OK\r\nx-cafe-version: v1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = tx.send(head);

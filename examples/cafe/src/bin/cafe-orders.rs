@@ -35,7 +35,14 @@ fn main() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|e| anyhow::anyhow!("--listen {}: {e}", args.listen))?;
-        tracing::info!(addr = %args.listen, version = args.version.as_str(), "orders listening");
+        let bound = listener.local_addr()?;
+        tracing::info!(addr = %bound, version = args.version.as_str(), "orders listening");
+        // For scripts and tests that pass port 0: the address actually bound, on stdout, the
+        // one line this program writes there.
+        #[allow(clippy::print_stdout)]
+        {
+            println!("listening on http://{bound}");
+        }
         let orders = Arc::new(Orders {
             version: args.version,
             error_rate: args.error_rate,

@@ -43,7 +43,14 @@ fn main() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|e| anyhow::anyhow!("--listen {}: {e}", args.listen))?;
-        tracing::info!(addr = %args.listen, orders_via, "reports listening");
+        let bound = listener.local_addr()?;
+        tracing::info!(addr = %bound, orders_via, "reports listening");
+        // For scripts and tests that pass port 0: the address actually bound, on stdout, the
+        // one line this program writes there.
+        #[allow(clippy::print_stdout)]
+        {
+            println!("listening on http://{bound}");
+        }
         let reports = Arc::new(Reports {
             orders_via,
             orders_host,
