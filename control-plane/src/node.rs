@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::peer::{GrpcTransport, PeerService};
+use crate::peer::{Dialer, GrpcTransport, PeerService};
 use crate::raft::RaftConfig;
 use crate::replica::Replica;
 
@@ -42,6 +42,9 @@ pub struct NodeConfig {
     pub dns_recursor: Option<SocketAddr>,
     /// At most this many records per DNS answer (see [`crate::dns::DEFAULT_MAX_ANSWERS`]).
     pub dns_max_answers: usize,
+    /// Answer DNS queries only from these networks (`--dns-allow`), REFUSED to others;
+    /// `None`: everyone.
+    pub dns_allow: Option<crate::dns::AllowList>,
     /// Admin HTTP listener (`/metrics`, `/ready`, `/health`). Port 0 picks a free port.
     pub admin_listen: SocketAddr,
     /// The initial cluster: `(id, address)` of every voter, this node included. With `join`,
@@ -53,6 +56,23 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     /// ACLs and rate limits.
     pub access: crate::auth::AccessConfig,
+    /// TLS on the gRPC listener and to the other members; `None`: plain text.
+    pub tls: Option<NodeTls>,
+}
+
+/// A node's TLS (`--tls-cert`, `--tls-key`, `--tls-ca`, `--require-client-cert`).
+///
+/// The gRPC listener serves `files.cert`; Raft messages are accepted only from connections
+/// presenting a certificate from `files.ca` that names their sender (`node-N.peers.meridian`);
+/// the node dials its peers with the same certificate. Clients and proxies need a
+/// certificate from the CA only with `require_client_cert`. The certificate and key are read
+/// again when their files change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeTls {
+    /// The node's certificate, key and the cluster's CA.
+    pub files: meridian_tls::TlsFiles,
+    /// Refuse clients (and proxies) without a certificate from the CA.
+    pub require_client_cert: bool,
 }
 
 /// Why a node could not start or stopped with an error.
@@ -84,6 +104,9 @@ pub enum NodeError {
     /// Telemetry could not be set up.
     #[error(transparent)]
     Telemetry(#[from] meridian_telemetry::TelemetryError),
+    /// A TLS file could not be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] meridian_tls::TlsError),
 }
 
 /// A running node.
@@ -211,7 +234,42 @@ impl Node {
             RaftConfig::new(config.id, config.peers.clone(), config.data_dir.clone());
         raft_config.snapshot_every = config.snapshot_every;
         raft_config.join = config.join;
-        let transport = GrpcTransport::new(config.id, &config.peers, shutdown.child_token());
+        let security = match &config.tls {
+            None => crate::api::Security::default(),
+            Some(tls) => {
+                let client_auth = if tls.require_client_cert {
+                    meridian_tls::ClientAuth::Required
+                } else {
+                    meridian_tls::ClientAuth::Optional
+                };
+                let server = meridian_tls::config::server(&tls.files, client_auth)?;
+                // The node dials its peers with the certificate it serves: one watcher
+                // rotates both.
+                let client = meridian_tls::config::client_presenting(
+                    &tls.files.ca,
+                    Some(std::sync::Arc::clone(&server.key)),
+                )?;
+                let watch = std::sync::Arc::clone(&server.key).watch(
+                    meridian_tls::reload::DEFAULT_RELOAD_EVERY,
+                    shutdown.child_token(),
+                );
+                let task = tasks.spawn(async move {
+                    watch.await;
+                    Ok(())
+                });
+                task_names.insert(task.id(), "tls-reload");
+                crate::api::Security {
+                    listener_tls: Some(server.config),
+                    dialer: Dialer::tls(client.config),
+                }
+            }
+        };
+        let transport = GrpcTransport::new(
+            config.id,
+            &config.peers,
+            security.dialer.clone(),
+            shutdown.child_token(),
+        );
         let peer_tasks = transport.tasks();
         let (replica, driver) = Replica::start(raft_config, transport, shutdown.child_token())?;
         let replica = replica.with_proposal_histogram(metrics.proposal_duration.clone());
@@ -282,8 +340,11 @@ impl Node {
             discovery,
         };
 
-        let peer =
+        let mut peer =
             PeerService::new(config.id, replica.raft().clone()).ending_on(shutdown.child_token());
+        if security.listener_tls.is_some() {
+            peer = peer.verifying_senders();
+        }
         if let Some(secret) = config.access.bootstrap_token.clone() {
             let replica = replica.clone();
             let shutdown = shutdown.child_token();
@@ -298,6 +359,7 @@ impl Node {
         let access = crate::api::Access::new(&config.access);
         let api = crate::api::serve(
             listener,
+            security,
             replica.clone(),
             rooms,
             peer,
@@ -315,6 +377,7 @@ impl Node {
             recursor: config.dns_recursor,
             cache: true,
             metrics: dns_metrics,
+            allow: config.dns_allow.clone(),
         };
         let dns = crate::dns::serve(
             dns_udp,

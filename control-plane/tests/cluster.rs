@@ -1208,3 +1208,101 @@ async fn a_revoked_token_stops_working_on_every_node() {
         );
     }
 }
+
+/// A heartbeat sent to a follower is relayed to the leader with the caller's token: the leader
+/// checks it as if called directly (without the token it would answer UNAUTHENTICATED), and a
+/// token that may only read is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relayed_heartbeat_carries_the_callers_token() {
+    use meridian_proto::v1::acl_client::AclClient;
+    use meridian_tests::with_token;
+
+    const ROOT: &str = "relay-root-secret";
+    let cluster = ProcessCluster::start(
+        Path::new(BIN),
+        3,
+        &["--acl-enabled", "--acl-bootstrap-token", ROOT],
+    )
+    .await;
+    let leader = cluster.wait_for_leader(PATIENCE).await;
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let mut registry = cluster.registry(leader);
+    registry
+        .create_namespace(with_token(
+            pb::CreateNamespaceRequest {
+                name: "cafe.local".into(),
+                ..Default::default()
+            },
+            Some(ROOT),
+        ))
+        .await
+        .unwrap();
+    registry
+        .create_service(with_token(
+            pb::CreateServiceRequest {
+                name: "orders.cafe.local".into(),
+                health_check: Some(pb::HealthCheck {
+                    kind: Some(pb::health_check::Kind::Ttl(pb::TtlCheck { ttl_ms: 30_000 })),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Some(ROOT),
+        ))
+        .await
+        .unwrap();
+    registry
+        .register_instance(with_token(registration("i-1"), Some(ROOT)))
+        .await
+        .unwrap();
+    let acl = AclClient::new(cluster.channel(leader));
+    let token = |access: pb::AclAccess| {
+        let request = with_token(
+            pb::CreateTokenRequest {
+                description: format!("{access:?}"),
+                policy: Some(pb::AclPolicy {
+                    admin: false,
+                    rules: vec![pb::AclRule {
+                        resource: pb::AclResource::Namespace.into(),
+                        name: Some(pb::acl_rule::Name::Exact("cafe.local".into())),
+                        access: access.into(),
+                    }],
+                }),
+            },
+            Some(ROOT),
+        );
+        let mut acl = acl.clone();
+        async move { acl.create_token(request).await.unwrap().into_inner().secret }
+    };
+    let writer = token(pb::AclAccess::Write).await;
+    let reader = token(pb::AclAccess::Read).await;
+
+    let beat = |secret: String| {
+        let mut registry = cluster.registry(follower);
+        async move {
+            registry
+                .heartbeat(with_token(
+                    pb::HeartbeatRequest {
+                        service: "orders.cafe.local".into(),
+                        id: "i-1".into(),
+                    },
+                    Some(&secret),
+                ))
+                .await
+        }
+    };
+    // The follower learns the new tokens as it applies them.
+    let answered = wait_for(
+        "a relayed heartbeat with the writer's token",
+        PATIENCE,
+        || {
+            let beat = beat(writer.clone());
+            async move { beat.await.ok() }
+        },
+    )
+    .await
+    .into_inner();
+    assert_eq!(answered.health, pb::HealthStatus::Healthy as i32);
+    let refused = beat(reader.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+}

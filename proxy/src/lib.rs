@@ -92,6 +92,10 @@ pub struct ProxyConfig {
     /// The ACL token secret the discovery stream is opened with (a token that may subscribe
     /// to the services this proxy serves), when the control plane runs with ACLs.
     pub token: Option<String>,
+    /// TLS to the control plane (`--tls-ca`, and `--tls-cert`/`--tls-key` when the cluster
+    /// requires client certificates); `None`: plain text. Its certificate is read again
+    /// when its files change.
+    pub control_plane_tls: Option<meridian_tls::ClientTls>,
 }
 
 /// What a proxy exports: spans per request when it has a tracer, its metrics over OTLP when it
@@ -130,6 +134,7 @@ impl ProxyConfig {
             drain_timeout: Duration::from_secs(10),
             telemetry: ProxyTelemetry::default(),
             token: None,
+            control_plane_tls: None,
         }
     }
 
@@ -339,6 +344,10 @@ pub async fn start(
                 field: "token",
                 reason: "not a printable ASCII token".into(),
             })?,
+        tls: config
+            .control_plane_tls
+            .as_ref()
+            .map(|tls| Arc::clone(&tls.config)),
     };
 
     let upstream = forward::Upstream::new();
@@ -366,6 +375,18 @@ pub async fn start(
     let drained = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let span = tracing::info_span!("proxy", id = %proxy_id);
+    // The certificate presented to the control plane follows its files (rotation).
+    if let Some(key) = config
+        .control_plane_tls
+        .as_ref()
+        .and_then(|t| t.key.clone())
+    {
+        let watch = key.watch(meridian_tls::reload::DEFAULT_RELOAD_EVERY, shutdown.clone());
+        tasks.spawn(async move {
+            watch.await;
+            Ok(())
+        });
+    }
     {
         let shutdown = shutdown.clone();
         let drained = drained.clone();

@@ -1,6 +1,7 @@
 //! The `meridian-proxy` binary: flags → [`meridian_proxy::start`]; SIGTERM or SIGINT drain.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -56,6 +57,16 @@ struct Args {
     /// the services this proxy serves).
     #[arg(long, env = "MERIDIAN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The CA certificate (PEM) the control plane's certificate must chain to. With it, the
+    /// proxy connects to the control plane over TLS.
+    #[arg(long, env = "MERIDIAN_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// The proxy's certificate (PEM), for a control plane run with --require-client-cert.
+    #[arg(long, env = "MERIDIAN_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "MERIDIAN_TLS_KEY")]
+    tls_key: Option<PathBuf>,
     #[command(flatten)]
     telemetry: TelemetryArgs,
 }
@@ -110,6 +121,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         drain_timeout: args.drain_timeout,
         telemetry: ProxyTelemetry::default(),
         token: args.token,
+        control_plane_tls: meridian_tls::config::client_from_flags(
+            args.tls_ca.as_deref(),
+            args.tls_cert.as_deref(),
+            args.tls_key.as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?,
     };
     // Built inside the runtime: the OTLP exporters' channels live on it.
     let telemetry =

@@ -30,6 +30,8 @@ pub struct ProcessCluster {
     nodes: BTreeMap<u64, NodeProcess>,
     links: HashMap<(u64, u64), Link>,
     extra_args: Vec<String>,
+    /// With TLS: the client identity the harness calls with (`admin` from the cluster's CA).
+    tls: Option<meridian_tls::ClientTls>,
     shutdown: CancellationToken,
 }
 
@@ -39,6 +41,9 @@ struct NodeProcess {
     data_dir: PathBuf,
     child: Option<Child>,
     join: bool,
+    /// With TLS: the directory of `meridian tls init` whose `ca.pem`, `node-ID.pem` and
+    /// `node-ID-key.pem` the node runs with.
+    tls_dir: Option<PathBuf>,
 }
 
 /// The proxy of one directed peer link.
@@ -53,12 +58,32 @@ impl ProcessCluster {
     /// Starts `n` nodes (ids 1..=n) from the `meridian` binary at `bin`, extra server flags
     /// in `extra_args` (e.g. `--snapshot-every 50`), and waits for a leader.
     pub async fn start(bin: &Path, n: u64, extra_args: &[&str]) -> Self {
+        Self::start_inner(bin, n, extra_args, None).await
+    }
+
+    /// [`ProcessCluster::start`] with TLS: every node runs with `--tls-ca`, `--tls-cert` and
+    /// `--tls-key` from `tls_dir` (made by `meridian tls init`, or
+    /// [`meridian_tls::init::init`], with certificates for nodes 1..=n and client `admin`),
+    /// and the harness calls them as `admin`.
+    pub async fn start_with_tls(bin: &Path, n: u64, extra_args: &[&str], tls_dir: &Path) -> Self {
+        Self::start_inner(bin, n, extra_args, Some(tls_dir)).await
+    }
+
+    async fn start_inner(bin: &Path, n: u64, extra_args: &[&str], tls_dir: Option<&Path>) -> Self {
+        let tls = tls_dir.map(|dir| {
+            meridian_tls::config::client(
+                &dir.join("ca.pem"),
+                Some((&dir.join("admin.pem"), &dir.join("admin-key.pem"))),
+            )
+            .expect("the admin client certificate of the TLS dir")
+        });
         let mut cluster = Self {
             bin: bin.to_owned(),
             dir: tempfile::tempdir().expect("tempdir"),
             nodes: BTreeMap::new(),
             links: HashMap::new(),
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            tls,
             shutdown: CancellationToken::new(),
         };
         let ids: Vec<u64> = (1..=n).collect();
@@ -73,6 +98,7 @@ impl ProcessCluster {
                     data_dir: cluster.dir.path().join(format!("node-{id}")),
                     child: None,
                     join: false,
+                    tls_dir: tls_dir.map(Path::to_owned),
                 },
             );
         }
@@ -130,11 +156,27 @@ impl ProcessCluster {
             .args(["--dns-listen", &free_addr().to_string()])
             .args(["--admin-listen", &free_addr().to_string()])
             .args(&self.extra_args)
-            .env("RUST_LOG", "info,meridian_control_plane::raft::logger=info")
+            // `MERIDIAN_TEST_NODE_LOG` overrides the nodes' log filter when a test needs more
+            // (e.g. `info,meridian_control_plane::peer=debug` for the peer links).
+            .env(
+                "RUST_LOG",
+                std::env::var("MERIDIAN_TEST_NODE_LOG").unwrap_or_else(|_| {
+                    "info,meridian_control_plane::raft::logger=info".to_owned()
+                }),
+            )
             .stdout(Stdio::null())
             .stderr(log);
         if node.join {
             command.arg("--join");
+        }
+        if let Some(dir) = &node.tls_dir {
+            command
+                .arg("--tls-ca")
+                .arg(dir.join("ca.pem"))
+                .arg("--tls-cert")
+                .arg(dir.join(format!("node-{id}.pem")))
+                .arg("--tls-key")
+                .arg(dir.join(format!("node-{id}-key.pem")));
         }
         node.child = Some(command.spawn().expect("spawn meridian server"));
     }
@@ -144,18 +186,36 @@ impl ProcessCluster {
         self.nodes.keys().copied().collect()
     }
 
-    /// The gRPC URL of node `id`.
+    /// The gRPC URL of node `id` (`https` with TLS).
     pub fn url(&self, id: u64) -> String {
-        format!("http://{}", self.nodes[&id].listen)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.nodes[&id].listen)
     }
 
-    /// A lazily connecting channel to node `id` (works while it is down; calls then fail).
+    /// The gRPC listener of node `id`.
+    pub fn listen_addr(&self, id: u64) -> SocketAddr {
+        self.nodes[&id].listen
+    }
+
+    /// The client TLS the harness calls with (`admin`), when the cluster runs TLS.
+    pub fn client_tls(&self) -> Option<&meridian_tls::ClientTls> {
+        self.tls.as_ref()
+    }
+
+    /// A lazily connecting channel to node `id` (works while it is down; calls then fail);
+    /// over TLS as `admin` when the cluster runs TLS.
     pub fn channel(&self, id: u64) -> Channel {
-        Endpoint::from_shared(self.url(id))
+        // tonic wants `http` in the URI whoever does the TLS.
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.nodes[&id].listen))
             .expect("url")
             .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(15))
-            .connect_lazy()
+            .timeout(Duration::from_secs(15));
+        match &self.tls {
+            Some(tls) => endpoint.connect_with_connector_lazy(meridian_tls::net::Connector::new(
+                Arc::clone(&tls.config),
+            )),
+            None => endpoint.connect_lazy(),
+        }
     }
 
     /// The value of `--acl-bootstrap-token` among the extra flags.
@@ -209,7 +269,7 @@ impl ProcessCluster {
             .iter()
             .map(|id| {
                 let log = self.log(*id);
-                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 format!("--- node {id} (last lines)\n{}\n", tail.join("\n"))
             })
@@ -255,6 +315,11 @@ impl ProcessCluster {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Runs node `id` with the certificates of `tls_dir` from its next (re)start on.
+    pub fn set_tls_dir(&mut self, id: u64, tls_dir: &Path) {
+        self.nodes.get_mut(&id).expect("known node").tls_dir = Some(tls_dir.to_owned());
     }
 
     /// Starts a killed node again on its data dir and port.
@@ -312,6 +377,13 @@ impl ProcessCluster {
     /// adds it to the membership first (`meridian cluster add-node`). Links to and from it
     /// are direct (not proxied).
     pub fn spawn_joining(&mut self, id: u64) -> SocketAddr {
+        let tls_dir = self.nodes.values().find_map(|n| n.tls_dir.clone());
+        self.spawn_joining_with_tls(id, tls_dir.as_deref())
+    }
+
+    /// [`ProcessCluster::spawn_joining`], the node running with the certificates of
+    /// `tls_dir` (with TLS: another CA's, say).
+    pub fn spawn_joining_with_tls(&mut self, id: u64, tls_dir: Option<&Path>) -> SocketAddr {
         let listen = free_addr();
         let mut peers: Vec<String> = self
             .nodes
@@ -327,6 +399,7 @@ impl ProcessCluster {
                 data_dir: self.dir.path().join(format!("node-{id}")),
                 child: None,
                 join: true,
+                tls_dir: tls_dir.map(Path::to_owned),
             },
         );
         self.spawn(id);

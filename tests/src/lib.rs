@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use meridian_control_plane::auth::AccessConfig;
-use meridian_control_plane::node::{Node, NodeConfig};
+use meridian_control_plane::node::{Node, NodeConfig, NodeTls};
 use meridian_proto::v1::cluster_client::ClusterClient;
 use meridian_proto::v1::registry_client::RegistryClient;
 use tokio::task::JoinHandle;
@@ -42,7 +42,19 @@ pub struct TestNode {
     admin_addr: SocketAddr,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), String>>>,
+    /// With TLS: the identity the harness calls with.
+    client_tls: Option<meridian_tls::ClientTls>,
     _data_dir: tempfile::TempDir,
+}
+
+/// How [`TestNode::start_inner`] starts a node: what differs from the defaults.
+#[derive(Default)]
+struct Setup<'a> {
+    telemetry: Option<&'a meridian_telemetry::Telemetry>,
+    access: AccessConfig,
+    dns_allow: Option<meridian_control_plane::dns::AllowList>,
+    /// The node's TLS and the identity the harness calls it with.
+    tls: Option<(NodeTls, meridian_tls::ClientTls)>,
 }
 
 // === impl TestNode ===
@@ -50,25 +62,71 @@ pub struct TestNode {
 impl TestNode {
     /// Starts a single-node cluster on `127.0.0.1:0` and waits until it has a leader.
     pub async fn start() -> Self {
-        Self::start_inner(None, AccessConfig::default()).await
+        Self::start_inner(Setup::default()).await
+    }
+
+    /// [`TestNode::start`] with TLS from `dir` (made by [`meridian_tls::init::init`] with
+    /// node 1 and client `admin`): the node serves `node-1.pem`, trusts `ca.pem`, refuses
+    /// clients without a certificate when `require_client_cert`; the harness's own calls go
+    /// over TLS as `admin`.
+    pub async fn start_with_tls(dir: &std::path::Path, require_client_cert: bool) -> Self {
+        let node = NodeTls {
+            files: meridian_tls::TlsFiles {
+                cert: dir.join("node-1.pem"),
+                key: dir.join("node-1-key.pem"),
+                ca: dir.join("ca.pem"),
+            },
+            require_client_cert,
+        };
+        let client = meridian_tls::config::client(
+            &dir.join("ca.pem"),
+            Some((&dir.join("admin.pem"), &dir.join("admin-key.pem"))),
+        )
+        .expect("the admin certificate of the TLS dir");
+        Self::start_inner(Setup {
+            tls: Some((node, client)),
+            ..Setup::default()
+        })
+        .await
     }
 
     /// [`TestNode::start`] with ACLs and rate limits as `access` says. With ACLs on, it waits
     /// for its leader — and for the bootstrap token to be installed — using that token.
     pub async fn start_with_access(access: AccessConfig) -> Self {
-        Self::start_inner(None, access).await
+        Self::start_inner(Setup {
+            access,
+            ..Setup::default()
+        })
+        .await
+    }
+
+    /// [`TestNode::start`] answering DNS only from the networks of `allow` (`--dns-allow`).
+    pub async fn start_with_dns_allow(allow: meridian_control_plane::dns::AllowList) -> Self {
+        Self::start_inner(Setup {
+            dns_allow: Some(allow),
+            ..Setup::default()
+        })
+        .await
     }
 
     /// [`TestNode::start`], recording metrics with `telemetry`'s meter (kept alive by the
     /// caller while the node runs).
     pub async fn start_with(telemetry: &meridian_telemetry::Telemetry) -> Self {
-        Self::start_inner(Some(telemetry), AccessConfig::default()).await
+        Self::start_inner(Setup {
+            telemetry: Some(telemetry),
+            ..Setup::default()
+        })
+        .await
     }
 
-    async fn start_inner(
-        telemetry: Option<&meridian_telemetry::Telemetry>,
-        access: AccessConfig,
-    ) -> Self {
+    async fn start_inner(setup: Setup<'_>) -> Self {
+        let Setup {
+            telemetry,
+            access,
+            dns_allow,
+            tls,
+        } = setup;
+        let (node_tls, client_tls) = tls.unzip();
         let token = access.bootstrap_token.clone();
         let data_dir = tempfile::tempdir().expect("tempdir");
         let listen: SocketAddr = "127.0.0.1:0".parse().expect("addr");
@@ -79,11 +137,13 @@ impl TestNode {
             dns_listen: listen,
             dns_recursor: None,
             dns_max_answers: meridian_control_plane::dns::DEFAULT_MAX_ANSWERS,
+            dns_allow,
             admin_listen: listen,
             peers: vec![(1, listen.to_string())],
             snapshot_every: NodeConfig::DEFAULT_SNAPSHOT_EVERY,
             join: false,
             access,
+            tls: node_tls,
         };
         let node = match telemetry {
             Some(telemetry) => Node::start_with(config, telemetry).await,
@@ -101,6 +161,7 @@ impl TestNode {
             admin_addr,
             shutdown,
             task: Some(task),
+            client_tls,
             _data_dir: data_dir,
         };
         let cluster = ClusterClient::new(this.channel().await);
@@ -137,18 +198,29 @@ impl TestNode {
         self.admin_addr
     }
 
-    /// The gRPC endpoint URL, as `--addr` takes it.
+    /// The gRPC endpoint URL, as `--addr` takes it (`https` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
-    /// A connected channel.
+    /// A connected channel (over TLS as `admin` when the node runs TLS).
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url())
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect to test node")
+        // tonic wants `http` in the URI whoever does the TLS.
+        let endpoint = Channel::from_shared(format!("http://{}", self.addr)).expect("url");
+        match &self.client_tls {
+            Some(tls) => endpoint
+                .connect_with_connector(meridian_tls::net::Connector::new(std::sync::Arc::clone(
+                    &tls.config,
+                )))
+                .await
+                .expect("connect to test node over TLS"),
+            None => endpoint.connect().await.expect("connect to test node"),
+        }
     }
 
     /// A `Registry` client.

@@ -128,11 +128,13 @@ async fn a_heartbeat_relayed_by_a_follower_is_one_trace_across_both_nodes() {
             dns_listen: any,
             dns_recursor: None,
             dns_max_answers: 8,
+            dns_allow: None,
             admin_listen: any,
             peers: peers.clone(),
             snapshot_every: NodeConfig::DEFAULT_SNAPSHOT_EVERY,
             join: false,
             access: Default::default(),
+            tls: None,
         };
         nodes.push(Node::start(config).await.unwrap());
     }

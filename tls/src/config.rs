@@ -80,22 +80,82 @@ pub fn client(
     ca: &std::path::Path,
     identity: Option<(&std::path::Path, &std::path::Path)>,
 ) -> Result<ClientTls, TlsError> {
+    let key = identity
+        .map(|(cert, key)| ReloadingKey::load(cert, key, provider()).map(Arc::new))
+        .transpose()?;
+    client_presenting(ca, key)
+}
+
+/// A client trusting servers whose certificates chain to `ca`, presenting `key` when given:
+/// a node dials its peers with the same certificate its listener serves, so one watcher
+/// rotates both.
+pub fn client_presenting(
+    ca: &std::path::Path,
+    key: Option<Arc<ReloadingKey>>,
+) -> Result<ClientTls, TlsError> {
     let provider = provider();
     let roots = load_roots(ca)?;
-    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots);
-    let (mut config, key) = match identity {
-        Some((cert, key)) => {
-            let key = Arc::new(ReloadingKey::load(cert, key, provider)?);
-            let config = builder.with_client_cert_resolver(Arc::clone(&key) as _);
-            (config, Some(key))
-        }
-        None => (builder.with_no_client_auth(), None),
+    let mut config = match &key {
+        Some(key) => builder.with_client_cert_resolver(Arc::clone(key) as _),
+        None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(ClientTls {
         config: Arc::new(config),
         key,
     })
+}
+
+/// The client side of the `--tls-ca`, `--tls-cert` and `--tls-key` flags, as the CLI and the
+/// proxy take them: no CA means plain text; a certificate needs its key (and the other way
+/// round) and a CA. Errors name the flag.
+pub fn client_from_flags(
+    ca: Option<&std::path::Path>,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> Result<Option<ClientTls>, String> {
+    let identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (Some(_), None) => return Err("--tls-cert needs --tls-key (its private key)".into()),
+        (None, Some(_)) => return Err("--tls-key needs --tls-cert (its certificate)".into()),
+    };
+    match ca {
+        Some(ca) => client(ca, identity).map(Some).map_err(|e| e.to_string()),
+        None if identity.is_some() => Err(
+            "--tls-cert and --tls-key need --tls-ca (the CA that signed the server's certificate)"
+                .into(),
+        ),
+        None => Ok(None),
+    }
+}
+
+/// The server side of the same flags, as a node takes them: all three or none. Errors name
+/// the missing flag.
+pub fn files_from_flags(
+    ca: Option<&std::path::Path>,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> Result<Option<TlsFiles>, String> {
+    match (ca, cert, key) {
+        (None, None, None) => Ok(None),
+        (Some(ca), Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            ca: ca.to_owned(),
+        })),
+        _ => {
+            let missing: Vec<&str> = [(ca, "--tls-ca"), (cert, "--tls-cert"), (key, "--tls-key")]
+                .into_iter()
+                .filter_map(|(given, flag)| given.is_none().then_some(flag))
+                .collect();
+            Err(format!(
+                "--tls-ca, --tls-cert and --tls-key go together: {} missing",
+                missing.join(" and ")
+            ))
+        }
+    }
 }

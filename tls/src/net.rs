@@ -71,6 +71,8 @@ pub fn incoming(
 #[derive(Clone)]
 pub struct Connector {
     tls: TlsConnector,
+    /// The name the server's certificate must carry, when not the URI's host.
+    server_name: Option<ServerName<'static>>,
 }
 
 // === impl Connector ===
@@ -86,7 +88,18 @@ impl Connector {
     pub fn new(config: Arc<ClientConfig>) -> Self {
         Self {
             tls: TlsConnector::from(config),
+            server_name: None,
         }
+    }
+
+    /// Expects the server's certificate to carry `name` whatever host the URI names: how a
+    /// node dials another by its identity (`node-N.peers.meridian`), so the address it
+    /// reaches the peer at (an IP, a load balancer, a test's TCP proxy) need not be in the
+    /// certificate, and a certificate of node 2 cannot answer for node 3.
+    #[must_use]
+    pub fn with_server_name(mut self, name: ServerName<'static>) -> Self {
+        self.server_name = Some(name);
+        self
     }
 
     /// Dials `addr` and handshakes, expecting a certificate valid for `name`.
@@ -120,8 +133,11 @@ impl tower::Service<Uri> for Connector {
             let port = uri.port_u16().unwrap_or(443);
             // `[::1]` in a URI is `::1` as a name.
             let bare = host.trim_start_matches('[').trim_end_matches(']');
-            let name = ServerName::try_from(bare.to_owned())
-                .map_err(|_| invalid("host is not a DNS name or IP address"))?;
+            let name = match &connector.server_name {
+                Some(name) => name.clone(),
+                None => ServerName::try_from(bare.to_owned())
+                    .map_err(|_| invalid("host is not a DNS name or IP address"))?,
+            };
             let addr = tokio::net::lookup_host((bare, port))
                 .await?
                 .next()

@@ -190,6 +190,56 @@ async fn a_rotated_certificate_is_served_after_reload_without_a_restart() {
 }
 
 #[test]
+fn flags_name_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path(), &options(&[1])).unwrap();
+    let (ca, cert, key) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("admin.pem"),
+        dir.path().join("admin-key.pem"),
+    );
+    let (ca, cert, key) = (ca.as_path(), cert.as_path(), key.as_path());
+    // Client side: no CA is plain text; an identity needs both halves and a CA.
+    assert!(
+        config::client_from_flags(None, None, None)
+            .unwrap()
+            .is_none()
+    );
+    let tls = config::client_from_flags(Some(ca), None, None)
+        .unwrap()
+        .unwrap();
+    assert!(tls.key.is_none());
+    let tls = config::client_from_flags(Some(ca), Some(cert), Some(key))
+        .unwrap()
+        .unwrap();
+    assert!(tls.key.is_some());
+    let err = config::client_from_flags(Some(ca), Some(cert), None).unwrap_err();
+    assert!(err.contains("--tls-key"), "{err}");
+    let err = config::client_from_flags(Some(ca), None, Some(key)).unwrap_err();
+    assert!(err.contains("--tls-cert"), "{err}");
+    let err = config::client_from_flags(None, Some(cert), Some(key)).unwrap_err();
+    assert!(err.contains("--tls-ca"), "{err}");
+    let err =
+        config::client_from_flags(Some(cert.with_file_name("nope.pem").as_path()), None, None)
+            .unwrap_err();
+    assert!(err.contains("nope.pem"), "{err}");
+    // Node side: all three or none.
+    assert!(
+        config::files_from_flags(None, None, None)
+            .unwrap()
+            .is_none()
+    );
+    let files = config::files_from_flags(Some(ca), Some(cert), Some(key))
+        .unwrap()
+        .unwrap();
+    assert_eq!(files.ca, ca);
+    let err = config::files_from_flags(Some(ca), None, None).unwrap_err();
+    assert!(err.contains("--tls-cert and --tls-key missing"), "{err}");
+    let err = config::files_from_flags(None, Some(cert), Some(key)).unwrap_err();
+    assert!(err.contains("--tls-ca missing"), "{err}");
+}
+
+#[test]
 fn bad_files_are_named_in_the_error() {
     let dir = tempfile::tempdir().unwrap();
     init(dir.path(), &options(&[1, 2])).unwrap();
@@ -273,11 +323,15 @@ async fn grpc_over_the_incoming_stream_and_the_connector() {
 
 #[test]
 fn certificates_name_their_node_or_client_and_nothing_else() {
-    use crate::identity::{is_client, is_node};
+    use crate::identity::{is_client, is_node, node_id};
     let dir = tempfile::tempdir().unwrap();
-    init(dir.path(), &options(&[1, 2])).unwrap();
+    init(dir.path(), &options(&[1, 2, 12])).unwrap();
     let leaf = |file: &str| load_certificates(&dir.path().join(file)).unwrap()[0].clone();
     let (one, admin) = (leaf("node-1.pem"), leaf("admin.pem"));
+    assert_eq!(node_id(&one), Some(1));
+    assert_eq!(node_id(&leaf("node-12.pem")), Some(12));
+    assert_eq!(node_id(&admin), None);
+    assert_eq!(node_id(&CertificateDer::from(vec![1, 2, 3])), None);
     assert!(is_node(&one, 1));
     assert!(!is_node(&one, 2));
     assert!(!is_node(&admin, 1));

@@ -64,8 +64,16 @@ impl DiscoveryService {
         Self {
             handle,
             cache: Arc::new(StateCache::default()),
-            fanout: Fanout::new(replica),
+            fanout: Fanout::new(replica, crate::peer::Dialer::plain()),
         }
+    }
+
+    /// Asks the other members through channels from `dialer` (TLS when the node runs with
+    /// it).
+    #[must_use]
+    pub fn dialing_with(mut self, dialer: crate::peer::Dialer) -> Self {
+        self.fanout = self.fanout.dialing_with(dialer);
+        self
     }
 }
 

@@ -15,6 +15,7 @@ use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
 use super::error::status;
+use crate::peer::{DialOptions, Dialer};
 use crate::replica::Replica;
 
 /// How long a member has to list its proxies: a live member answers in milliseconds.
@@ -27,18 +28,25 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Calls the other members, over cached channels.
 pub(crate) struct Fanout {
     replica: Replica,
-    /// Lazily connected channels by address; the lock is never held across a call.
-    channels: Mutex<HashMap<String, Channel>>,
+    dialer: Dialer,
+    /// Lazily connected channels by member and address; the lock is never held across a call.
+    channels: Mutex<HashMap<(u64, String), Channel>>,
 }
 
 // === impl Fanout ===
 
 impl Fanout {
-    pub(crate) fn new(replica: Replica) -> Self {
+    pub(crate) fn new(replica: Replica, dialer: Dialer) -> Self {
         Self {
             replica,
+            dialer,
             channels: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same, reaching members through `dialer`.
+    pub(crate) fn dialing_with(self, dialer: Dialer) -> Self {
+        Self { dialer, ..self }
     }
 
     /// Every other member's proxies, and the members that did not answer. `authorization`
@@ -122,21 +130,18 @@ impl Fanout {
             .expect("invariant: the channel cache lock is never held across a panic");
         let mut others = Vec::new();
         for member in raft.members.iter().filter(|m| m.id != raft.id) {
-            let channel = match channels.get(&member.address) {
+            let key = (member.id, member.address.clone());
+            let channel = match channels.get(&key) {
                 Some(c) => c.clone(),
                 None => {
-                    let Ok(endpoint) = Endpoint::from_shared(format!("http://{}", member.address))
-                    else {
+                    let options = DialOptions::connect_within(CONNECT_TIMEOUT);
+                    let Ok(channel) = self.dialer.lazy(member.id, &member.address, options) else {
                         // Listed as unreachable: a channel that never connects.
                         tracing::warn!(node = member.id, address = %member.address, "member address is not HOST:PORT");
                         others.push((member.id, unreachable_channel()));
                         continue;
                     };
-                    let channel = endpoint
-                        .connect_timeout(CONNECT_TIMEOUT)
-                        .tcp_nodelay(true)
-                        .connect_lazy();
-                    channels.insert(member.address.clone(), channel.clone());
+                    channels.insert(key, channel.clone());
                     channel
                 }
             };

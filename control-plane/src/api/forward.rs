@@ -18,13 +18,14 @@ use std::time::Duration;
 
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::registry_client::RegistryClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 use super::convert;
 use super::error::{heartbeat_status, registry_status};
 use super::fanout::{AUTHORIZATION, Authorization};
 use crate::health::{HealthHandle, HeartbeatError};
+use crate::peer::{DialOptions, Dialer};
 use crate::replica::Replica;
 
 /// Metadata key marking a call relayed by another node: it is answered here or refused.
@@ -44,14 +45,24 @@ const RETRY_PAUSE: Duration = Duration::from_millis(25);
 /// Relays heartbeats to the leader over cached channels (one per leader address).
 #[derive(Debug, Default)]
 pub(crate) struct Forwarder {
-    /// Lazily connected channels, by address. A `Channel` is a cheap handle on a shared
-    /// connection; the lock is held only to look one up or insert it, never across a call.
-    channels: Mutex<HashMap<String, Channel>>,
+    dialer: Dialer,
+    /// Lazily connected channels, by leader and address. A `Channel` is a cheap handle on a
+    /// shared connection; the lock is held only to look one up or insert it, never across a
+    /// call.
+    channels: Mutex<HashMap<(u64, String), Channel>>,
 }
 
 // === impl Forwarder ===
 
 impl Forwarder {
+    /// Relays through channels from `dialer`.
+    pub(crate) fn new(dialer: Dialer) -> Self {
+        Self {
+            dialer,
+            channels: Mutex::default(),
+        }
+    }
+
     /// Answers `Registry/Heartbeat`: by this node's health task if it leads, else by the
     /// leader through a relay, trying again (with a fresh Raft status) while leadership moves,
     /// for at most [`PATIENCE`].
@@ -132,7 +143,7 @@ impl Forwarder {
                 "the leader is node {leader}, whose address is unknown here"
             )));
         };
-        let mut client = RegistryClient::new(self.channel(&address)?);
+        let mut client = RegistryClient::new(self.channel(leader, &address)?);
         let mut call = Request::new(request.clone());
         call.set_timeout(ATTEMPT_TIMEOUT);
         call.metadata_mut()
@@ -166,20 +177,24 @@ impl Forwarder {
         }
     }
 
-    fn channel(&self, address: &str) -> Result<Channel, Status> {
+    fn channel(&self, leader: u64, address: &str) -> Result<Channel, Status> {
         let mut channels = self
             .channels
             .lock()
             .expect("invariant: the channel cache lock is never held across a panic");
-        if let Some(channel) = channels.get(address) {
+        let key = (leader, address.to_owned());
+        if let Some(channel) = channels.get(&key) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| Status::internal(format!("leader address {address:?}: {e}")))?
-            .connect_timeout(ATTEMPT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
-        channels.insert(address.to_owned(), channel.clone());
+        let channel = self
+            .dialer
+            .lazy(
+                leader,
+                address,
+                DialOptions::connect_within(ATTEMPT_TIMEOUT),
+            )
+            .map_err(|e| Status::internal(format!("leader address {address:?}: {e}")))?;
+        channels.insert(key, channel.clone());
         Ok(channel)
     }
 }

@@ -75,6 +75,8 @@ pub struct Access {
     authorizer: crate::auth::Authorizer,
     rate: Option<std::sync::Arc<crate::auth::RateLimiter>>,
     max_instances_per_service: Option<usize>,
+    max_watchers_per_client: Option<usize>,
+    max_concurrent_streams: u32,
 }
 
 impl Access {
@@ -86,14 +88,29 @@ impl Access {
                 std::sync::Arc::new(crate::auth::RateLimiter::new(per_second, 2.0 * per_second))
             }),
             max_instances_per_service: config.max_instances_per_service,
+            max_watchers_per_client: config.max_watchers_per_client,
+            max_concurrent_streams: config
+                .max_concurrent_streams
+                .unwrap_or(crate::auth::DEFAULT_MAX_CONCURRENT_STREAMS),
         }
     }
 }
 
+/// How the API listener and this node's calls to other members are secured.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// TLS on the listener (`--tls-cert`, `--tls-key`, `--tls-ca`); `None`: plain text.
+    pub listener_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// How this node reaches other members (the proxy fan-out and the heartbeat relay).
+    pub dialer: crate::peer::Dialer,
+}
+
 /// Serves the API on `listener` until `shutdown` is cancelled, then drains in-flight calls.
 /// Every call is traced and counted into `metrics` (see [`crate::telemetry::grpc`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
+    security: Security,
     replica: Replica,
     rooms: Rooms,
     peer: PeerService<ApplyResult>,
@@ -127,14 +144,15 @@ pub async fn serve(
 
     let routing = RoutingServer::new(routing::RoutingService::new(replica.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let discovery = DiscoveryServer::new(discovery::DiscoveryService::new(
-        replica.clone(),
-        rooms.discovery.clone(),
-    ))
+    let discovery = DiscoveryServer::new(
+        discovery::DiscoveryService::new(replica.clone(), rooms.discovery.clone())
+            .dialing_with(security.dialer.clone()),
+    )
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let registry = RegistryServer::new(
         registry::RegistryService::new(replica.clone(), rooms)
-            .with_max_instances(access.max_instances_per_service),
+            .with_max_instances(access.max_instances_per_service)
+            .dialing_with(security.dialer),
     )
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let views = replica.subscribe();
@@ -144,17 +162,17 @@ pub async fn serve(
     // Snapshots arrive in frames of at most 1 MiB; leave room for framing.
     let peer = PeerServer::new(peer).max_decoding_message_size(2 * crate::peer::FRAME_BYTES);
 
-    // No Nagle: watch events and unary answers are small writes that must leave at once, not
-    // wait for the client's delayed ACK (up to 40 ms on Linux; it was the p99 of watch
-    // propagation before). tonic sets this only on listeners it binds itself.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tracing::info!(addr = ?local, "gRPC API listening");
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(access.max_concurrent_streams)
         // One place for every service: a span per call (continuing the caller's trace) and
         // the API metrics.
         .layer(crate::telemetry::GrpcLayer::new(metrics))
         // Then who is calling: every handler checks the caller this puts on the request.
         .layer(crate::auth::AuthLayer::new(access.authorizer, views).with_rate_limit(access.rate))
+        // Then how many watch and discovery streams that caller holds open.
+        .layer(crate::auth::StreamLimitLayer::new(
+            access.max_watchers_per_client,
+        ))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -163,8 +181,26 @@ pub async fn serve(
         .add_service(discovery)
         .add_service(cluster)
         .add_service(acl)
-        .add_service(peer)
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await?;
+        .add_service(peer);
+    match security.listener_tls {
+        None => {
+            // No Nagle: watch events and unary answers are small writes that must leave at
+            // once, not wait for the client's delayed ACK (up to 40 ms on Linux; it was the
+            // p99 of watch propagation before). tonic sets this only on listeners it binds
+            // itself; the TLS listener sets it on every connection it accepts.
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            tracing::info!(addr = ?local, "gRPC API listening");
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await?;
+        }
+        Some(config) => {
+            let incoming = meridian_tls::net::incoming(listener, config, shutdown.clone());
+            tracing::info!(addr = ?local, "gRPC API listening with TLS");
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await?;
+        }
+    }
     Ok(())
 }

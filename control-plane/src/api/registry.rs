@@ -58,6 +58,14 @@ impl RegistryService {
         self
     }
 
+    /// Relays heartbeats to the leader through channels from `dialer` (TLS when the node
+    /// runs with it).
+    #[must_use]
+    pub fn dialing_with(mut self, dialer: crate::peer::Dialer) -> Self {
+        self.forwarder = Forwarder::new(dialer);
+        self
+    }
+
     async fn write(&self, command: Command) -> Result<(u64, Outcome), Status> {
         self.replica.write(command).await.map_err(status)
     }

@@ -118,9 +118,9 @@ where
                 .caller(&self.views.borrow().registry, req.headers())
         };
         let resolved = match (resolved, &self.rate) {
-            (Ok(caller), Some(rate)) if !exempt => {
-                rate.check(&rate_key(&caller, &req)).map(|()| caller)
-            }
+            (Ok(caller), Some(rate)) if !exempt => rate
+                .check(&client_key(&caller, req.extensions()))
+                .map(|()| caller),
             (resolved, _) => resolved,
         };
         match resolved {
@@ -136,14 +136,26 @@ where
     }
 }
 
-/// Whose bucket a call is taken from: its token, or its client's address.
-fn rate_key<B>(caller: &Caller, req: &http::Request<B>) -> String {
+/// Who a call counts against, for the rate limit and the stream limit: its token's accessor,
+/// or its client's IP address (from the request's `extensions`) while ACLs are off.
+pub(crate) fn client_key(caller: &Caller, extensions: &http::Extensions) -> String {
     match caller {
         Caller::Token(token) => token.accessor.clone(),
-        Caller::Anyone => req
-            .extensions()
-            .get::<tonic::transport::server::TcpConnectInfo>()
-            .and_then(|info| info.remote_addr())
-            .map_or_else(String::new, |addr| addr.ip().to_string()),
+        Caller::Anyone => {
+            remote_addr(extensions).map_or_else(String::new, |addr| addr.ip().to_string())
+        }
     }
+}
+
+/// The client's address, over plain TCP or TLS.
+fn remote_addr(extensions: &http::Extensions) -> Option<std::net::SocketAddr> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    extensions
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|info| info.get_ref().remote_addr())
+        })
 }

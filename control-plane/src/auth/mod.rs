@@ -10,6 +10,8 @@
 //! - [`layer`]: [`AuthLayer`], which authenticates every call once and hands the [`Caller`]
 //!   to the handlers, which check it against what the call touches;
 //! - [`rate`]: [`RateLimiter`], a token bucket per caller (`RESOURCE_EXHAUSTED` past it);
+//! - [`streams`]: [`StreamLimitLayer`], open watch and discovery streams per caller, and the
+//!   default HTTP/2 streams per connection;
 //!
 //! # Rules of this room
 //! Answers never say more than UNAUTHENTICATED or PERMISSION_DENIED: not whether a token or a
@@ -21,11 +23,13 @@ pub mod check;
 pub mod layer;
 pub mod rate;
 pub mod secret;
+pub mod streams;
 
 pub use check::{Authorizer, Caller, denied};
 pub use layer::{AuthLayer, caller};
 pub use rate::RateLimiter;
 pub use secret::{NewToken, hash_secret};
+pub use streams::{DEFAULT_MAX_CONCURRENT_STREAMS, StreamLimitLayer};
 
 /// A node's access control: ACLs on or off, the bootstrap token, the per-caller rate limit.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -38,4 +42,10 @@ pub struct AccessConfig {
     pub rate_limit: Option<f64>,
     /// Instances one service may hold (`--max-instances-per-service`); `None`: unlimited.
     pub max_instances_per_service: Option<usize>,
+    /// Open `Registry.Watch` plus `Discovery.Stream` streams per caller
+    /// (`--max-watchers-per-client`); `None`: unlimited.
+    pub max_watchers_per_client: Option<usize>,
+    /// HTTP/2 streams one connection may have open at once (`--max-concurrent-streams`);
+    /// `None`: [`DEFAULT_MAX_CONCURRENT_STREAMS`].
+    pub max_concurrent_streams: Option<u32>,
 }

@@ -48,8 +48,87 @@ impl Bearer {
     }
 }
 
-pub(super) async fn run(addr: &str, bearer: Bearer, json: bool, command: Command) -> Outcome {
-    let channel = connect(addr, bearer.clone()).await?;
+/// The node a client command talks to, and how: `--addr`, `--token`, and TLS when `--tls-ca`
+/// is given (presenting `--tls-cert` when given too).
+#[derive(Clone)]
+pub(super) struct Target {
+    pub(super) addr: String,
+    pub(super) bearer: Bearer,
+    pub(super) tls: Option<meridian_tls::ClientTls>,
+}
+
+// === impl Target ===
+
+impl Target {
+    /// The same credentials, at another node (`HOST:PORT`, as members list themselves).
+    fn member(&self, address: &str) -> Self {
+        Self {
+            addr: format!("http://{address}"),
+            ..self.clone()
+        }
+    }
+
+    /// Connects now.
+    pub(super) async fn connect(&self) -> Result<Channel, String> {
+        let addr = &self.addr;
+        // With TLS the scheme may be `https`; the URI keeps `http` for tonic, the TLS is the
+        // connector's.
+        let plain_uri = match (&self.tls, addr.strip_prefix("https://")) {
+            (Some(_), Some(rest)) => format!("http://{rest}"),
+            (None, Some(_)) => {
+                return Err(format!(
+                    "--addr {addr}: https needs --tls-ca (the CA that signed the server's certificate)"
+                ));
+            }
+            (_, None) => addr.clone(),
+        };
+        let endpoint = Endpoint::from_shared(plain_uri)
+            .map_err(|e| format!("--addr: {addr:?} is not a URL ({e})"))?
+            .connect_timeout(std::time::Duration::from_secs(3));
+        let connected = match &self.tls {
+            Some(tls) => {
+                let connector =
+                    meridian_tls::net::Connector::new(std::sync::Arc::clone(&tls.config));
+                endpoint.connect_with_connector(connector).await
+            }
+            None => endpoint.connect().await,
+        };
+        let channel = connected
+            .map_err(|e| format!("cannot reach meridian at {addr}: {}", root_cause(&e)))?;
+        Ok(InterceptedService::new(channel, self.bearer.clone()))
+    }
+
+    /// `error` with a hint when it looks like a TLS mismatch: the transport broke before any
+    /// answer, which is what a plain-text client gets from a TLS node, and what a client
+    /// without a certificate gets from a node that requires one.
+    pub(super) fn explain(&self, error: String) -> String {
+        let broke = [
+            "transport error",
+            "operation was canceled",
+            "connection reset",
+        ]
+        .iter()
+        .any(|m| error.contains(m));
+        match &self.tls {
+            _ if !broke => error,
+            None => {
+                format!("{error} (if the node runs with TLS, give --tls-ca and an https:// --addr)")
+            }
+            Some(tls) if tls.key.is_none() => format!(
+                "{error} (if the node runs with --require-client-cert, give --tls-cert and --tls-key)"
+            ),
+            Some(_) => error,
+        }
+    }
+}
+
+pub(super) async fn run(target: Target, json: bool, command: Command) -> Outcome {
+    let result = run_command(&target, json, command).await;
+    result.map_err(|e| target.explain(e))
+}
+
+async fn run_command(target: &Target, json: bool, command: Command) -> Outcome {
+    let channel = target.connect().await?;
     let registry = RegistryClient::new(channel.clone());
     match command {
         Command::Namespace(c) => namespace(registry, json, c).await,
@@ -62,24 +141,13 @@ pub(super) async fn run(addr: &str, bearer: Bearer, json: bool, command: Command
         Command::Cluster(ClusterCommand::Status) => {
             cluster_status(ClusterClient::new(channel), json).await
         }
-        Command::Cluster(c) => cluster_change(ClusterClient::new(channel), bearer, json, c).await,
+        Command::Cluster(c) => cluster_change(ClusterClient::new(channel), target, json, c).await,
         Command::Acl(c) => super::acl::run(channel, json, c).await,
         Command::Tls(_) => Err("not a client command".into()),
         Command::Dev(_) | Command::Server(_) | Command::Exec(_) => {
             Err("not a client command".into())
         }
     }
-}
-
-pub(super) async fn connect(addr: &str, bearer: Bearer) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(addr.to_owned())
-        .map_err(|e| format!("--addr: {addr:?} is not a URL ({e})"))?
-        .connect_timeout(std::time::Duration::from_secs(3));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach meridian at {addr}: {}", root_cause(&e)))?;
-    Ok(InterceptedService::new(channel, bearer))
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -492,7 +560,7 @@ async fn cluster_status(mut client: ClusterClient<Channel>, json: bool) -> Outco
 /// address (members' addresses are their gRPC listeners).
 async fn cluster_change(
     mut client: ClusterClient<Channel>,
-    bearer: Bearer,
+    target: &Target,
     json: bool,
     command: ClusterCommand,
 ) -> Outcome {
@@ -512,7 +580,7 @@ async fn cluster_change(
                     .ok_or_else(|| {
                         format!("the leader is node {leader}, whose address is unknown")
                     })?;
-                let channel = connect(&format!("http://{address}"), bearer).await?;
+                let channel = target.member(&address).connect().await?;
                 cluster_call(&mut ClusterClient::new(channel), &command).await
             }
             None => Err(s),

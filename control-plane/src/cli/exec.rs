@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 use super::ExecArgs;
-use super::client::{Bearer, connect, status};
+use super::client::{Target, status};
 
 /// Exit code when exec itself fails before the program starts.
 const EXEC_FAILED: u8 = 125;
@@ -69,8 +69,8 @@ struct Instance {
 }
 
 /// Runs `meridian exec` and returns the exit code to leave with.
-pub(super) async fn run(addr: &str, bearer: Bearer, args: ExecArgs) -> ExitCode {
-    match prepare(addr, bearer, &args).await {
+pub(super) async fn run(target: &Target, args: ExecArgs) -> ExitCode {
+    match prepare(target, &args).await.map_err(|e| target.explain(e)) {
         Ok((client, instance, beat)) => supervise(client, instance, beat, &args.command).await,
         Err(reason) => {
             eprintln!("error: {}", reason.replace('\n', " "));
@@ -82,11 +82,10 @@ pub(super) async fn run(addr: &str, bearer: Bearer, args: ExecArgs) -> ExitCode 
 /// Connects, checks the service and reads its TTL: everything that can fail before the program
 /// starts. Returns the heartbeat period (`None` without a TTL check).
 async fn prepare(
-    addr: &str,
-    bearer: Bearer,
+    target: &Target,
     args: &ExecArgs,
 ) -> Result<(RegistryClient<Channel>, Instance, Option<Duration>), String> {
-    let mut client = RegistryClient::new(connect(addr, bearer).await?);
+    let mut client = RegistryClient::new(target.connect().await?);
     let service = client
         .get_service(pb::GetServiceRequest {
             name: args.service.clone(),

@@ -45,6 +45,8 @@ pub struct Cli {
     /// The ACL token secret to call with (when the cluster runs with --acl-enabled).
     #[arg(long, global = true, env = "MERIDIAN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    #[command(flatten)]
+    tls: tls::TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -111,9 +113,17 @@ struct Listeners {
     /// At most this many records per DNS answer (1-256).
     #[arg(long, default_value_t = crate::dns::DEFAULT_MAX_ANSWERS)]
     dns_max_answers: usize,
+    /// Answer DNS only from these networks, REFUSED to others (like BIND's allow-query),
+    /// e.g. 127.0.0.0/8,10.0.0.0/8,::1/128. Default: everyone.
+    #[arg(long, value_name = "CIDR[,CIDR...]")]
+    dns_allow: Option<crate::dns::AllowList>,
     /// Admin HTTP listener: /metrics (Prometheus text), /ready, /health.
     #[arg(long, default_value = "127.0.0.1:7401")]
     admin_listen: SocketAddr,
+    /// Refuse clients and proxies without a certificate from --tls-ca (needs the --tls-*
+    /// flags; peers always need one).
+    #[arg(long)]
+    require_client_cert: bool,
 }
 
 #[derive(Debug, Args)]
@@ -129,7 +139,8 @@ struct DevArgs {
     telemetry: TelemetryArgs,
 }
 
-/// `--acl-enabled`, `--acl-bootstrap-token`, `--rate-limit` (dev and server).
+/// `--acl-enabled`, `--acl-bootstrap-token`, `--rate-limit` and the other limits (dev and
+/// server).
 #[derive(Debug, Args)]
 struct AccessArgs {
     /// Require a token on every call (see docs/security.md).
@@ -152,6 +163,18 @@ struct AccessArgs {
     /// default: no limit.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_instances_per_service: Option<u32>,
+    /// At most this many watch and discovery streams open at once per caller (token, or
+    /// client address without ACLs); further ones get RESOURCE_EXHAUSTED. Default: no limit.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_watchers_per_client: Option<u32>,
+    /// HTTP/2 streams (calls in flight, watches) one gRPC connection may hold at once;
+    /// further ones wait on the client until one ends.
+    #[arg(
+        long,
+        default_value_t = crate::auth::DEFAULT_MAX_CONCURRENT_STREAMS,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    max_concurrent_streams: u32,
 }
 
 impl AccessArgs {
@@ -161,6 +184,8 @@ impl AccessArgs {
             bootstrap_token: self.acl_bootstrap_token.clone(),
             rate_limit: self.rate_limit,
             max_instances_per_service: self.max_instances_per_service.map(|n| n as usize),
+            max_watchers_per_client: self.max_watchers_per_client.map(|n| n as usize),
+            max_concurrent_streams: Some(self.max_concurrent_streams),
         }
     }
 }
@@ -447,16 +472,20 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Dev(args) => server::dev(args).await,
-            Command::Server(args) => server::server(args).await,
+            Command::Dev(args) => server::dev(args, &cli.tls).await,
+            Command::Server(args) => server::server(args, &cli.tls).await,
             // Exits with the program's code, so it reports its own failures.
             Command::Tls(TlsCommand::Init(args)) => tls::run(cli.json, args),
             command => {
-                let bearer = client::Bearer::new(cli.token.as_deref())?;
+                let target = client::Target {
+                    addr: cli.addr,
+                    bearer: client::Bearer::new(cli.token.as_deref())?,
+                    tls: cli.tls.client()?,
+                };
                 match command {
                     // Exits with the program's code, so it reports its own failures.
-                    Command::Exec(args) => return Ok(exec::run(&cli.addr, bearer, args).await),
-                    command => client::run(&cli.addr, bearer, cli.json, command).await,
+                    Command::Exec(args) => return Ok(exec::run(&target, args).await),
+                    command => client::run(target, cli.json, command).await,
                 }
             }
         }

@@ -10,9 +10,11 @@ use meridian_telemetry::{Telemetry, TelemetryArgs};
 
 use crate::node::{Node, NodeConfig};
 
+use super::tls::TlsArgs;
 use super::{DevArgs, ServerArgs, output, parse};
 
-pub(super) async fn dev(args: DevArgs) -> Result<(), String> {
+pub(super) async fn dev(args: DevArgs, tls: &TlsArgs) -> Result<(), String> {
+    let tls = tls.node(args.listeners.require_client_cert)?;
     // The temporary directory lives (and is removed) with this function.
     let (data_dir, _temp): (PathBuf, Option<tempfile::TempDir>) = match args.data_dir {
         Some(dir) => (dir, None),
@@ -31,16 +33,19 @@ pub(super) async fn dev(args: DevArgs) -> Result<(), String> {
         dns_listen: args.listeners.dns_listen,
         dns_recursor: args.listeners.dns_recursor,
         dns_max_answers: args.listeners.dns_max_answers,
+        dns_allow: args.listeners.dns_allow.clone(),
         admin_listen: args.listeners.admin_listen,
         peers: vec![(1, args.listeners.listen.to_string())],
         snapshot_every: NodeConfig::DEFAULT_SNAPSHOT_EVERY,
         join: false,
         access: args.access.config(),
+        tls,
     };
     run(config, &args.telemetry, true).await
 }
 
-pub(super) async fn server(args: ServerArgs) -> Result<(), String> {
+pub(super) async fn server(args: ServerArgs, tls: &TlsArgs) -> Result<(), String> {
+    let tls = tls.node(args.listeners.require_client_cert)?;
     let mut peers = parse::peers(&args.peers)?;
     if peers.is_empty() {
         peers.push((args.id, args.listeners.listen.to_string()));
@@ -52,11 +57,13 @@ pub(super) async fn server(args: ServerArgs) -> Result<(), String> {
         dns_listen: args.listeners.dns_listen,
         dns_recursor: args.listeners.dns_recursor,
         dns_max_answers: args.listeners.dns_max_answers,
+        dns_allow: args.listeners.dns_allow.clone(),
         admin_listen: args.listeners.admin_listen,
         peers,
         snapshot_every: args.snapshot_every,
         join: args.join,
         access: args.access.config(),
+        tls,
     };
     run(config, &args.telemetry, false).await
 }
@@ -87,12 +94,17 @@ async fn run(config: NodeConfig, flags: &TelemetryArgs, dev: bool) -> Result<(),
 
 async fn serve(config: NodeConfig, telemetry: &Telemetry, dev: bool) -> Result<(), String> {
     let data_dir = config.data_dir.clone();
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let node = Node::start_with(config, telemetry)
         .await
         .map_err(|e| e.to_string())?;
     if dev {
         output::line(&format!(
-            "Meridian dev node: gRPC http://{}, DNS {}, metrics http://{}/metrics (data in {}). Try: meridian namespace create cafe.local",
+            "Meridian dev node: gRPC {scheme}://{}, DNS {}, metrics http://{}/metrics (data in {}). Try: meridian namespace create cafe.local",
             node.api_addr(),
             node.dns_addr(),
             node.admin_addr(),

@@ -1,4 +1,6 @@
-//! `meridian tls init`: a development CA and certificates, in one command.
+//! TLS on the command line: `--tls-ca`, `--tls-cert` and `--tls-key` (for a node, its listener
+//! and peer links; for a client command, its connection), and `meridian tls init`, a
+//! development CA and certificates in one command.
 
 use std::path::PathBuf;
 
@@ -7,6 +9,57 @@ use meridian_tls::init::{InitOptions, init};
 use serde_json::json;
 
 use super::output;
+
+/// `--tls-ca`, `--tls-cert`, `--tls-key`: global, so they read the same on every subcommand.
+#[derive(Debug, Args)]
+pub(super) struct TlsArgs {
+    /// The CA certificate (PEM) that servers' certificates — and on a node, peers' and
+    /// clients' — must chain to. With it, client commands connect over TLS.
+    #[arg(long, global = true, env = "MERIDIAN_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// This side's certificate chain (PEM): a node's (dev, server), or a client's when the
+    /// cluster runs with --require-client-cert.
+    #[arg(long, global = true, env = "MERIDIAN_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, global = true, env = "MERIDIAN_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+}
+
+// === impl TlsArgs ===
+
+impl TlsArgs {
+    /// For a client command: `None` is plain text.
+    pub(super) fn client(&self) -> Result<Option<meridian_tls::ClientTls>, String> {
+        meridian_tls::config::client_from_flags(
+            self.tls_ca.as_deref(),
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+        )
+    }
+
+    /// For a node: all three flags or none; `--require-client-cert` needs them.
+    pub(super) fn node(
+        &self,
+        require_client_cert: bool,
+    ) -> Result<Option<crate::node::NodeTls>, String> {
+        let files = meridian_tls::config::files_from_flags(
+            self.tls_ca.as_deref(),
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+        )?;
+        match files {
+            Some(files) => Ok(Some(crate::node::NodeTls {
+                files,
+                require_client_cert,
+            })),
+            None if require_client_cert => Err(
+                "--require-client-cert needs TLS: give --tls-ca, --tls-cert and --tls-key".into(),
+            ),
+            None => Ok(None),
+        }
+    }
+}
 
 /// `tls init`.
 #[derive(Debug, Args)]

@@ -8,6 +8,10 @@
 //! relaxed increment per query, on a cache line no other thread writes). A scrape sums the
 //! shards ([`DnsMetrics::for_each`]); a shard whose responder is dropped (a TCP connection
 //! closing) is folded into `retired` first, so counts never go down.
+//!
+//! Queries refused because of their source (`--dns-allow`) are counted twice: as REFUSED
+//! replies by type like any other, and in one more cell of the same table,
+//! [`DnsMetrics::refused_by_acl`], which tells them apart from names outside every namespace.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,6 +39,10 @@ pub const OTHER: &str = "OTHER";
 const TYPES: usize = QTYPES.len() + 1;
 const CODES: usize = RCODES.len() + 1;
 const CELLS: usize = TYPES * CODES;
+/// The cell after the (type, code) table: queries refused by `--dns-allow`.
+const ACL: usize = CELLS;
+/// Every cell of a table.
+const ALL: usize = CELLS + 1;
 
 /// The DNS server's counters, shared by its transports and read by the metrics. Cheap to
 /// clone.
@@ -53,11 +61,11 @@ struct Inner {
 #[derive(Debug)]
 struct Shards {
     live: Vec<Arc<Table>>,
-    retired: [u64; CELLS],
+    retired: [u64; ALL],
 }
 
 #[derive(Debug)]
-struct Table([AtomicU64; CELLS]);
+struct Table([AtomicU64; ALL]);
 
 /// One responder's counters; folded into the totals when dropped.
 #[derive(Debug)]
@@ -72,7 +80,7 @@ impl Default for Shards {
     fn default() -> Self {
         Self {
             live: Vec::new(),
-            retired: [0; CELLS],
+            retired: [0; ALL],
         }
     }
 }
@@ -92,17 +100,8 @@ impl DnsMetrics {
 
     /// Calls `f(qtype, rcode, count)` for every non-zero count, totals over every shard.
     pub fn for_each(&self, mut f: impl FnMut(&'static str, &'static str, u64)) {
-        let mut totals = [0u64; CELLS];
-        {
-            let shards = self.lock();
-            totals.copy_from_slice(&shards.retired);
-            for table in &shards.live {
-                for (total, cell) in totals.iter_mut().zip(&table.0) {
-                    *total += cell.load(Ordering::Relaxed);
-                }
-            }
-        }
-        for (i, count) in totals.into_iter().enumerate() {
+        let totals = self.totals();
+        for (i, count) in totals.into_iter().take(CELLS).enumerate() {
             if count > 0 {
                 let (t, c) = (i / CODES, i % CODES);
                 let qtype = QTYPES.get(t).map_or(OTHER, |(_, name)| name);
@@ -110,6 +109,23 @@ impl DnsMetrics {
                 f(qtype, rcode, count);
             }
         }
+    }
+
+    /// Queries answered REFUSED because their source is outside `--dns-allow` (also counted
+    /// by [`DnsMetrics::for_each`] under their type and REFUSED).
+    pub fn refused_by_acl(&self) -> u64 {
+        self.totals()[ACL]
+    }
+
+    fn totals(&self) -> [u64; ALL] {
+        let shards = self.lock();
+        let mut totals = shards.retired;
+        for table in &shards.live {
+            for (total, cell) in totals.iter_mut().zip(&table.0) {
+                *total += cell.load(Ordering::Relaxed);
+            }
+        }
+        totals
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shards> {
@@ -142,6 +158,13 @@ impl Shard {
         };
         let c = usize::from(rcode).min(CODES - 1);
         self.table.0[t * CODES + c].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one query refused because of its source (`--dns-allow`); its reply is counted
+    /// by [`Shard::record`] as well.
+    #[inline]
+    pub fn record_refused_by_acl(&self) {
+        self.table.0[ACL].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -176,6 +199,7 @@ mod tests {
         a.record(99, 9);
         drop(b);
         a.record(33, 5);
+        a.record_refused_by_acl();
         assert_eq!(
             totals(&metrics),
             vec![
@@ -185,8 +209,14 @@ mod tests {
                 ("OTHER", "OTHER", 1)
             ]
         );
+        assert_eq!(metrics.refused_by_acl(), 1);
         drop(a);
         assert_eq!(totals(&metrics).len(), 4);
+        assert_eq!(
+            metrics.refused_by_acl(),
+            1,
+            "kept when its shard is dropped"
+        );
         assert!(metrics.lock().live.is_empty());
     }
 }

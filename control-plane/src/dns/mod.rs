@@ -11,6 +11,7 @@
 //! - `server`: starts the transports and reports how they end; TCP connections;
 //! - `udp`: dedicated UDP threads, batched (`recvfrom` drain + one `sendmmsg`);
 //! - `forward`: the optional recursor;
+//! - [`allow`]: `--dns-allow`, the networks whose queries are answered (others get REFUSED);
 //! - [`metrics`]: queries by type and response code, per-responder atomics (no allocation
 //!   or shared write per query).
 //!
@@ -46,6 +47,7 @@
 //! in BENCHMARKS.md). They stop within `udp::POLL` of cancellation; a thread that fails or
 //! panics makes [`serve`] return an error, which the node reports.
 
+pub mod allow;
 pub mod answer;
 mod forward;
 pub mod metrics;
@@ -62,6 +64,7 @@ use std::net::{SocketAddr, UdpSocket};
 
 use tokio::net::TcpListener;
 
+pub use allow::AllowList;
 pub use metrics::DnsMetrics;
 pub use server::serve;
 
@@ -83,6 +86,9 @@ pub struct DnsConfig {
     pub cache: bool,
     /// Where answered queries are counted (by type and response code).
     pub metrics: DnsMetrics,
+    /// Answer only queries from these networks (`--dns-allow`), REFUSED to the others;
+    /// `None`: everyone.
+    pub allow: Option<AllowList>,
 }
 
 /// Why the DNS server could not start or stopped.
@@ -119,6 +125,7 @@ impl Default for DnsConfig {
             recursor: None,
             cache: true,
             metrics: DnsMetrics::default(),
+            allow: None,
         }
     }
 }

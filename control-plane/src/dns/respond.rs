@@ -122,6 +122,27 @@ impl Responder {
         action
     }
 
+    /// Answers `packet` REFUSED without looking at any registry: its source is outside
+    /// `--dns-allow`. The question (and OPT) is echoed when the packet parses, the header
+    /// alone otherwise; responses and packets too short for a header are dropped. Counted
+    /// under the question's type and REFUSED, and as refused by the allow list.
+    pub fn refuse(&mut self, packet: &[u8], out: &mut Vec<u8>) -> Action {
+        let qtype = match Query::parse(packet) {
+            Err(Reject::Drop) => return Action::Drop,
+            Err(Reject::Error(_)) => {
+                write_empty(out, None, packet, Rcode::Refused, false);
+                0
+            }
+            Ok(query) => {
+                write_empty(out, Some(&query), packet, Rcode::Refused, false);
+                query.qtype
+            }
+        };
+        self.counts.record(qtype, Rcode::Refused as u8);
+        self.counts.record_refused_by_acl();
+        Action::Reply
+    }
+
     fn answer(
         &mut self,
         registry: &Registry,

@@ -6,6 +6,8 @@
 //! answered in order, closed after [`TCP_IDLE`] of silence; at most [`MAX_TCP_CONNECTIONS`] at
 //! once, further ones are closed at accept. Every thread and task is tracked, ends with the
 //! server's cancellation token, and reports how it ended to [`serve`], hence to the node.
+//! With `--dns-allow`, a connection from outside the listed networks has each of its queries
+//! answered REFUSED (as BIND's `allow-query` does), and is closed like any other.
 
 use std::net::UdpSocket;
 use std::sync::Arc;
@@ -154,9 +156,13 @@ async fn tcp_acceptor(
             continue;
         }
         let (replica, config) = (replica.clone(), Arc::clone(&config));
+        let allowed = config
+            .allow
+            .as_ref()
+            .is_none_or(|allow| allow.allows(peer.ip()));
         connections.spawn(
             async move {
-                if let Err(e) = tcp_connection(stream, replica, config).await {
+                if let Err(e) = tcp_connection(stream, replica, config, allowed).await {
                     tracing::trace!(error = %e, "tcp connection ended");
                 }
             }
@@ -167,10 +173,13 @@ async fn tcp_acceptor(
     Ok(())
 }
 
+/// Serves one connection; `allowed`: its source is inside `--dns-allow` (else every query
+/// is answered REFUSED).
 async fn tcp_connection(
     mut stream: TcpStream,
     replica: Replica,
     config: Arc<DnsConfig>,
+    allowed: bool,
 ) -> std::io::Result<()> {
     let mut responder = Responder::new(&config);
     let mut packet = Vec::new();
@@ -189,8 +198,12 @@ async fn tcp_connection(
         tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut packet))
             .await
             .map_err(|_| std::io::ErrorKind::TimedOut)??;
-        let view = replica.current();
-        let action = responder.respond(&view.registry, &packet, Transport::Tcp, &mut out);
+        let action = if allowed {
+            let view = replica.current();
+            responder.respond(&view.registry, &packet, Transport::Tcp, &mut out)
+        } else {
+            responder.refuse(&packet, &mut out)
+        };
         let reply = match action {
             Action::Reply => &out[..],
             Action::Drop => return Ok(()),

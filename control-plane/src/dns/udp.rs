@@ -12,6 +12,9 @@
 //! cancellation token after every batch and at least every [`POLL`] (the socket's read
 //! timeout), so shutdown stops them promptly. Forwarded queries (`--dns-recursor`) are
 //! relayed by tasks on the node's runtime, which send their replies on the same socket.
+//! With `--dns-allow`, a datagram from outside the listed networks is answered REFUSED by
+//! the same responder (one address conversion and a few comparisons per datagram; none
+//! without the flag).
 
 use std::io::{self, IoSlice};
 use std::net::{SocketAddr, UdpSocket};
@@ -30,7 +33,7 @@ use tracing::Instrument;
 use super::respond::{Action, Responder, Transport};
 use super::server::MAX_FORWARDS_IN_FLIGHT;
 use super::wire::{MAX_UDP_PAYLOAD, Rcode, write_empty};
-use super::{DnsConfig, forward};
+use super::{AllowList, DnsConfig, forward};
 use crate::replica::View;
 
 /// Most datagrams answered per batch (and sent per `sendmmsg`). Enough to amortise the
@@ -92,7 +95,13 @@ impl UdpThread {
             for i in 0..received {
                 let packet = &batch.packets[i][..batch.lens[i]];
                 let out = &mut batch.replies[replies];
-                match responder.respond(&view.registry, packet, Transport::Udp, out) {
+                let action = match &self.config.allow {
+                    Some(allow) if !allowed(allow, batch.peers[i].as_ref()) => {
+                        responder.refuse(packet, out)
+                    }
+                    _ => responder.respond(&view.registry, packet, Transport::Udp, out),
+                };
+                match action {
                     Action::Reply => {
                         batch.answers[replies] = i;
                         replies += 1;
@@ -216,6 +225,12 @@ impl Batch {
 }
 
 // === functions ===
+
+/// Whether `allow` lets `peer` query; a source that is not an IP address is refused.
+fn allowed(allow: &AllowList, peer: Option<&SocketAddrAny>) -> bool {
+    peer.and_then(|peer| SocketAddr::try_from(peer.clone()).ok())
+        .is_some_and(|peer| allow.allows(peer.ip()))
+}
 
 /// Sends one datagram without blocking (a full send buffer drops it, as the network might).
 fn send_one(socket: &UdpSocket, bytes: &[u8], peer: &SocketAddrAny) {

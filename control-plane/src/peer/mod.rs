@@ -5,18 +5,22 @@
 //!   bounded queue, one long-lived client stream per peer, reconnect with backoff, and
 //!   feedback to raft (unreachable peers, snapshot delivery);
 //! - [`service`]: [`PeerService`], the receiving end: frames reassembled into raft messages
-//!   and stepped into the local node.
+//!   and stepped into the local node; with mutual TLS, each message's sender checked against
+//!   the node its connection's certificate names;
+//! - [`dial`]: [`Dialer`], how a node reaches another member (plain, or TLS by identity).
 //!
 //! Raft messages are rust-protobuf 2 types; they cross the wire as opaque bytes so they never
 //! meet prost. Large messages (snapshots) are cut into frames of [`FRAME_BYTES`].
 //!
 //! Depends on the raft room's `Transport`/`RaftHandle` and the generated peer stubs; knows
-//! nothing of services. Peers are not authenticated yet (mTLS comes with the security work):
-//! run the peer listener on a trusted network.
+//! nothing of services. Without the `--tls-*` flags peers are not authenticated: run the
+//! listener on a trusted network (docs/security.md).
 
+pub mod dial;
 pub mod service;
 pub mod transport;
 
+pub use dial::{DialOptions, Dialer};
 pub use service::PeerService;
 pub use transport::GrpcTransport;
 

@@ -60,14 +60,25 @@ impl<O: Send + 'static> Peer for PeerService<O> {
         &self,
         request: Request<Streaming<pb::RaftFrame>>,
     ) -> Result<Response<pb::RaftStreamSummary>, Status> {
-        let certificate = match (self.verify_senders, request.peer_certs()) {
-            (false, _) => None,
-            (true, Some(chain)) if !chain.is_empty() => Some(chain[0].clone()),
-            (true, _) => {
+        // With mutual TLS, the node the connection's certificate names: the only sender its
+        // messages may claim. Settled before any frame is decoded.
+        let sender = if self.verify_senders {
+            let leaf = request
+                .peer_certs()
+                .and_then(|chain| chain.first().cloned());
+            let Some(leaf) = leaf else {
                 return Err(Status::unauthenticated(
                     "raft traffic needs a node certificate from the cluster's CA",
                 ));
-            }
+            };
+            let Some(id) = meridian_tls::identity::node_id(&leaf) else {
+                return Err(Status::permission_denied(
+                    "the certificate presented is not a node's",
+                ));
+            };
+            Some(id)
+        } else {
+            None
         };
         let mut frames = request.into_inner();
         let mut pending: Vec<u8> = Vec::new();
@@ -104,11 +115,11 @@ impl<O: Send + 'static> Peer for PeerService<O> {
                     msg.to, self.id
                 )));
             }
-            if let Some(cert) = &certificate
-                && !meridian_tls::identity::is_node(cert, msg.from)
+            if let Some(id) = sender
+                && id != msg.from
             {
                 return Err(Status::permission_denied(format!(
-                    "the certificate presented is not node {}'s",
+                    "the certificate presented is node {id}'s, not node {}'s",
                     msg.from
                 )));
             }

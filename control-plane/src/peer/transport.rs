@@ -4,7 +4,9 @@
 //! bounded queue ([`QUEUE_DEPTH`]) and a full queue drops the message and reports the peer
 //! unreachable (raft then probes it gently and resends what matters). Each peer's task keeps
 //! one client stream open, reconnecting with exponential backoff (50 ms to 1 s); HTTP/2
-//! keep-alives notice a peer that stopped answering (crashed or paused) within ~3 s.
+//! keep-alives notice a peer that stopped answering (crashed or paused) within ~3 s, and a
+//! stream that takes no frame for [`STALL`] is dropped and dialled again, so one stuck stream
+//! cannot silence a link for good.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, mpsc as std_mpsc};
@@ -18,15 +20,23 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::Instrument as _;
 
-use super::FRAME_BYTES;
+use super::{DialOptions, Dialer, FRAME_BYTES};
 use crate::raft::{Feedback, Transport};
 
 /// Messages queued per peer before new ones are dropped. Raft sends at most a few messages
 /// per peer per Ready; a thousand absorbs bursts while a stalled peer costs bounded memory.
 pub const QUEUE_DEPTH: usize = 1024;
+
+/// A stream that takes no frame for this long is treated as broken and dialled again: a peer
+/// that stopped reading (its connection half-open, its stream stuck) must not hold the link,
+/// whose queue would then fill and drop every message to that peer from then on.
+pub const STALL: Duration = Duration::from_secs(5);
+
+/// Bound on dialling a peer, TCP and HTTP/2 (and TLS) handshakes together.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(3);
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -42,6 +52,7 @@ pub struct GrpcTransport {
     /// The node's runtime: peer tasks run there even when a peer is added from the Raft
     /// driver's own thread.
     runtime: tokio::runtime::Handle,
+    dialer: Dialer,
 }
 
 /// One peer's sending task.
@@ -49,6 +60,7 @@ struct Link {
     from: u64,
     to: u64,
     address: String,
+    dialer: Dialer,
     queue: mpsc::Receiver<Message>,
     feedback: std_mpsc::Sender<Feedback>,
     shutdown: CancellationToken,
@@ -59,9 +71,15 @@ struct Link {
 
 impl GrpcTransport {
     /// A transport for node `id` that knows `peers` (`(id, host:port)`; its own entry is
-    /// ignored). Peer tasks run on the calling runtime until `shutdown` is cancelled; wait
-    /// for them with [`GrpcTransport::tasks`]. Must be called within a tokio runtime.
-    pub fn new(id: u64, peers: &[(u64, String)], shutdown: CancellationToken) -> Self {
+    /// ignored) and reaches them through `dialer`. Peer tasks run on the calling runtime until
+    /// `shutdown` is cancelled; wait for them with [`GrpcTransport::tasks`]. Must be called
+    /// within a tokio runtime.
+    pub fn new(
+        id: u64,
+        peers: &[(u64, String)],
+        dialer: Dialer,
+        shutdown: CancellationToken,
+    ) -> Self {
         let (feedback_tx, feedback_rx) = std_mpsc::channel();
         let transport = Self {
             id,
@@ -71,6 +89,7 @@ impl GrpcTransport {
             shutdown,
             tasks: TaskTracker::new(),
             runtime: tokio::runtime::Handle::current(),
+            dialer,
         };
         for (peer, address) in peers {
             transport.add_peer(*peer, address);
@@ -138,6 +157,7 @@ impl Transport for GrpcTransport {
             from: self.id,
             to: id,
             address: address.to_owned(),
+            dialer: self.dialer.clone(),
             queue,
             feedback: self.feedback_tx.clone(),
             shutdown: self.shutdown.clone(),
@@ -157,17 +177,18 @@ impl Link {
         loop {
             let connected = tokio::select! {
                 () = self.shutdown.cancelled() => return,
-                c = self.connect() => c,
+                c = tokio::time::timeout(CONNECT_PATIENCE, self.connect()) => c,
             };
             match connected {
-                Ok(channel) => {
+                Err(_) => tracing::debug!("connecting timed out"),
+                Ok(Err(e)) => tracing::debug!(error = %e, "cannot connect"),
+                Ok(Ok(channel)) => {
                     tracing::debug!("connected");
                     backoff = BACKOFF_MIN;
                     if self.stream(channel).await.is_break() {
                         return;
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "cannot connect"),
             }
             // Whatever waits now would go nowhere: drop it, tell raft, try again later.
             self.drain_unreachable();
@@ -180,14 +201,11 @@ impl Link {
     }
 
     async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
-        Endpoint::from_shared(format!("http://{}", self.address))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(2))
-            .keep_alive_while_idle(true)
-            .connect()
-            .await
+        let options = DialOptions {
+            connect_timeout: Duration::from_secs(1),
+            keep_alive: Some((Duration::from_secs(1), Duration::from_secs(2))),
+        };
+        self.dialer.connect(self.to, &self.address, options).await
     }
 
     /// Pumps queued messages into one stream until it breaks (→ `Continue`: reconnect) or the
@@ -261,16 +279,24 @@ impl Link {
     }
 }
 
-/// Sends one encoded message as frames of at most [`FRAME_BYTES`]; false if the stream broke.
+/// Sends one encoded message as frames of at most [`FRAME_BYTES`]; false if the stream broke
+/// or stalled (a frame not taken within [`STALL`]).
 async fn send_frames(frames: &mpsc::Sender<pb::RaftFrame>, bytes: Vec<u8>) -> bool {
+    let send = |frame: pb::RaftFrame| async move {
+        match tokio::time::timeout(STALL, frames.send(frame)).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                tracing::warn!("peer stream took no frame for {STALL:?}; dialling again");
+                false
+            }
+        }
+    };
     if bytes.len() <= FRAME_BYTES {
-        return frames
-            .send(pb::RaftFrame {
-                data: bytes,
-                more: false,
-            })
-            .await
-            .is_ok();
+        return send(pb::RaftFrame {
+            data: bytes,
+            more: false,
+        })
+        .await;
     }
     let count = bytes.len().div_ceil(FRAME_BYTES);
     for (i, chunk) in bytes.chunks(FRAME_BYTES).enumerate() {
@@ -278,7 +304,7 @@ async fn send_frames(frames: &mpsc::Sender<pb::RaftFrame>, bytes: Vec<u8>) -> bo
             data: chunk.to_vec(),
             more: i + 1 < count,
         };
-        if frames.send(frame).await.is_err() {
+        if !send(frame).await {
             return false;
         }
     }

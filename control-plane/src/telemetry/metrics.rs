@@ -131,6 +131,7 @@ impl Observers {
         );
 
         let raft = replica.raft().clone();
+        let refused = dns.clone();
         let dns = dns.clone();
         let counters = vec![
             meter
@@ -153,6 +154,15 @@ impl Observers {
                             ],
                         );
                     });
+                })
+                .build(),
+            meter
+                .u64_observable_counter("meridian.dns.refused_by_acl")
+                .with_description(
+                    "DNS queries refused because they came from outside every --dns-allow network",
+                )
+                .with_callback(move |observer| {
+                    observer.observe(refused.refused_by_acl(), &[]);
                 })
                 .build(),
         ];

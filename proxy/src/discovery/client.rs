@@ -56,6 +56,22 @@ pub(crate) struct Client {
     pub(crate) metrics: Arc<Metrics>,
     /// `Bearer TOKEN` for the stream's `authorization` metadata, with ACLs.
     pub(crate) authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    /// TLS to the control plane; `None`: plain text.
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Connects `endpoint`, over TLS with `tls`.
+async fn connect(
+    endpoint: Endpoint,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    match tls {
+        Some(config) => {
+            let connector = meridian_tls::net::Connector::new(Arc::clone(config));
+            endpoint.connect_with_connector(connector).await
+        }
+        None => endpoint.connect().await,
+    }
 }
 
 /// How one stream ended.
@@ -146,7 +162,14 @@ impl Client {
             answered: false,
             reason,
         };
-        let endpoint = match Endpoint::from_shared(url.to_owned()) {
+        // With TLS the URL may say `https`; tonic's URI keeps `http`, the TLS is the
+        // connector's (checking the certificate against the URL's host).
+        let uri = match (&self.tls, url.strip_prefix("https://")) {
+            (Some(_), Some(rest)) => format!("http://{rest}"),
+            (None, Some(_)) => return closed("an https URL needs --tls-ca".to_owned()),
+            (_, None) => url.to_owned(),
+        };
+        let endpoint = match Endpoint::from_shared(uri) {
             Ok(e) => e
                 .connect_timeout(CONNECT_TIMEOUT)
                 .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -156,7 +179,7 @@ impl Client {
         };
         let channel = tokio::select! {
             () = shutdown.cancelled() => return Ended::Shutdown,
-            c = endpoint.connect() => match c {
+            c = connect(endpoint, self.tls.as_ref()) => match c {
                 Ok(c) => c,
                 Err(e) => return closed(format!("connect: {}", error_chain(&e))),
             },

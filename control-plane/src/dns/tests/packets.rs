@@ -343,6 +343,47 @@ fn forwarding_relays_the_upstream_reply_by_id() {
     );
 }
 
+#[test]
+fn sources_outside_the_allow_list_get_refused_and_are_counted() {
+    let metrics = crate::dns::DnsMetrics::default();
+    let mut r = Responder::new(&DnsConfig {
+        metrics: metrics.clone(),
+        ..DnsConfig::default()
+    });
+    let mut out = Vec::new();
+    // The question and OPT are echoed; no record, whatever the name.
+    let q = query_packet(0x0102, "orders.cafe.local.", RecordType::SRV, Some(4096));
+    assert_eq!(r.refuse(&q, &mut out), Action::Reply);
+    let m = Message::from_vec(&out).unwrap();
+    assert_eq!(m.metadata.id, 0x0102);
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    assert!(!m.metadata.authoritative);
+    assert_eq!(m.queries.len(), 1);
+    assert!(m.answers.is_empty() && m.additionals.is_empty());
+    assert!(m.edns.is_some(), "OPT echoed");
+    assert!(
+        out.len() <= q.len(),
+        "never larger than the query: no amplification"
+    );
+    // A malformed query: REFUSED, header only. A response: no reply at all.
+    let mut bad = query_packet(7, "orders.cafe.local.", RecordType::A, None);
+    bad[5] = 2; // two questions
+    assert_eq!(r.refuse(&bad, &mut out), Action::Reply);
+    assert_eq!(out.len(), 12);
+    assert_eq!(out[3] & 0x0F, Rcode::Refused as u8);
+    let mut response = q.clone();
+    response[2] |= 0x80;
+    assert_eq!(r.refuse(&response, &mut out), Action::Drop);
+
+    assert_eq!(metrics.refused_by_acl(), 2);
+    let mut counted = Vec::new();
+    metrics.for_each(|t, c, n| counted.push((t, c, n)));
+    assert_eq!(
+        counted,
+        vec![("SRV", "REFUSED", 1), ("OTHER", "REFUSED", 1)]
+    );
+}
+
 /// What counting a query costs next to answering it from the cache (release build:
 /// `cargo test --release -p meridian-control-plane --lib -- --ignored --nocapture
 /// counting_cost`). Prints both per-query times; docs/observability.md has the figures.
