@@ -178,23 +178,7 @@ async fn ttl_service(
     service: &str,
     ttl_ms: u32,
 ) {
-    r.create_namespace(pb::CreateNamespaceRequest {
-        name: "cafe.local".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let check = pb::HealthCheck {
-        kind: Some(pb::health_check::Kind::Ttl(pb::TtlCheck { ttl_ms })),
-        ..Default::default()
-    };
-    r.create_service(pb::CreateServiceRequest {
-        name: service.into(),
-        health_check: Some(check),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    meridian_tests::create_ttl_service(r, service, ttl_ms, None).await;
 }
 
 #[track_caller]
@@ -1227,30 +1211,8 @@ async fn a_relayed_heartbeat_carries_the_callers_token() {
     let leader = cluster.wait_for_leader(PATIENCE).await;
     let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
     let mut registry = cluster.registry(leader);
-    registry
-        .create_namespace(with_token(
-            pb::CreateNamespaceRequest {
-                name: "cafe.local".into(),
-                ..Default::default()
-            },
-            Some(ROOT),
-        ))
-        .await
-        .unwrap();
-    registry
-        .create_service(with_token(
-            pb::CreateServiceRequest {
-                name: "orders.cafe.local".into(),
-                health_check: Some(pb::HealthCheck {
-                    kind: Some(pb::health_check::Kind::Ttl(pb::TtlCheck { ttl_ms: 30_000 })),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            Some(ROOT),
-        ))
-        .await
-        .unwrap();
+    meridian_tests::create_ttl_service(&mut registry, "orders.cafe.local", 30_000, Some(ROOT))
+        .await;
     registry
         .register_instance(with_token(registration("i-1"), Some(ROOT)))
         .await

@@ -43,24 +43,7 @@ async fn tls_cluster(n: u64, tls: &Path) -> ProcessCluster {
     let cluster = ProcessCluster::start_with_tls(Path::new(BIN), n, &[], tls).await;
     let leader = cluster.wait_for_leader(PATIENCE).await;
     let mut registry = cluster.registry(leader);
-    registry
-        .create_namespace(pb::CreateNamespaceRequest {
-            name: "cafe.local".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    registry
-        .create_service(pb::CreateServiceRequest {
-            name: "orders.cafe.local".into(),
-            health_check: Some(pb::HealthCheck {
-                kind: Some(pb::health_check::Kind::Ttl(pb::TtlCheck { ttl_ms: 30_000 })),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    meridian_tests::create_ttl_service(&mut registry, "orders.cafe.local", 30_000, None).await;
     cluster
 }
 

@@ -7,6 +7,7 @@
 //!   and partitions (every peer link runs through a cuttable TCP proxy);
 //! - [`linearizability`]: a Wing–Gong checker for recorded register/deregister/read
 //!   histories;
+//! - [`dns`]: raw DNS queries over UDP and TCP, and `dig`;
 //! - [`otlp::Collector`]: an OTLP/gRPC collector (official protos) that records what it gets;
 //! - [`wait_for`]: poll a condition until it holds or the patience runs out (never a fixed
 //!   sleep).
@@ -17,6 +18,7 @@
 
 pub mod backend;
 pub mod cluster;
+pub mod dns;
 pub mod linearizability;
 pub mod mesh;
 pub mod otlp;
@@ -271,6 +273,37 @@ impl Drop for TestNode {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Creates namespace `cafe.local` and in it `service` (`orders.cafe.local`) with a TTL health
+/// check of `ttl_ms`, calling with `token` when given (ACLs on).
+pub async fn create_ttl_service(
+    registry: &mut RegistryClient<Channel>,
+    service: &str,
+    ttl_ms: u32,
+    token: Option<&str>,
+) {
+    use meridian_proto::v1 as pb;
+    let namespace = pb::CreateNamespaceRequest {
+        name: "cafe.local".into(),
+        description: String::new(),
+    };
+    registry
+        .create_namespace(with_token(namespace, token))
+        .await
+        .expect("create namespace cafe.local");
+    let service = pb::CreateServiceRequest {
+        name: service.into(),
+        health_check: Some(pb::HealthCheck {
+            kind: Some(pb::health_check::Kind::Ttl(pb::TtlCheck { ttl_ms })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    registry
+        .create_service(with_token(service, token))
+        .await
+        .expect("create a service with a TTL check");
 }
 
 /// A loopback address whose port was free a moment ago, for a process that binds it itself.

@@ -158,24 +158,7 @@ async fn a_heartbeat_relayed_by_a_follower_is_one_trace_across_both_nodes() {
     let leader_addr = listens.iter().find(|(id, _)| *id == leader).unwrap().1;
 
     let mut registry = RegistryClient::new(channel(leader_addr));
-    registry
-        .create_namespace(pb::CreateNamespaceRequest {
-            name: "cafe.local".into(),
-            description: String::new(),
-        })
-        .await
-        .unwrap();
-    registry
-        .create_service(pb::CreateServiceRequest {
-            name: "orders.cafe.local".into(),
-            health_check: Some(pb::HealthCheck {
-                kind: Some(pb::health_check::Kind::Ttl(pb::TtlCheck { ttl_ms: 60_000 })),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    meridian_tests::create_ttl_service(&mut registry, "orders.cafe.local", 60_000, None).await;
     registry
         .register_instance(register_request("orders.cafe.local", "i-1"))
         .await

@@ -7,13 +7,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{RData, RecordType};
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::{Resolver, TokioResolver};
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::registry_client::RegistryClient;
+use meridian_tests::dns::{dig, query, tcp_exchange};
 use meridian_tests::{TestNode, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -120,52 +121,9 @@ fn set(addrs: &[&str]) -> BTreeSet<IpAddr> {
         .collect()
 }
 
-/// Runs `dig @server -p port ARGS`; panics (loudly) if dig is not installed.
-async fn dig(dns: SocketAddr, args: &[&str]) -> String {
-    let out = tokio::process::Command::new("dig")
-        .arg(format!("@{}", dns.ip()))
-        .args(["-p", &dns.port().to_string(), "+time=2", "+tries=2"])
-        .args(args)
-        .output()
-        .await
-        .unwrap_or_else(|e| {
-            panic!("cannot run `dig` ({e}): install bind9-dnsutils (scripts/test does)")
-        });
-    assert!(out.status.success(), "dig {args:?} failed: {out:?}");
-    String::from_utf8(out.stdout).expect("test helper")
-}
-
-fn query(id: u16, name: &str, qtype: RecordType) -> Vec<u8> {
-    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
-    m.add_query(Query::query(
-        Name::from_ascii(name).expect("test helper"),
-        qtype,
-    ));
-    m.to_vec().expect("test helper")
-}
-
-async fn udp_exchange(dns: SocketAddr, packet: &[u8]) -> Option<Message> {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("test helper");
-    socket.send_to(packet, dns).await.expect("test helper");
-    let mut buf = vec![0u8; 65_535];
-    let len = tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf))
-        .await
-        .ok()?
-        .expect("test helper");
-    Some(Message::from_vec(&buf[..len]).expect("test helper"))
-}
-
-async fn tcp_exchange(stream: &mut TcpStream, packet: &[u8]) -> Message {
-    let len = u16::try_from(packet.len())
-        .expect("test helper")
-        .to_be_bytes();
-    stream.write_all(&len).await.expect("test helper");
-    stream.write_all(packet).await.expect("test helper");
-    let mut len = [0u8; 2];
-    stream.read_exact(&mut len).await.expect("test helper");
-    let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    stream.read_exact(&mut reply).await.expect("test helper");
-    Message::from_vec(&reply).expect("test helper")
+/// One UDP exchange, waiting at most a second (a dropped packet is `None`).
+async fn udp_exchange1(dns: SocketAddr, packet: &[u8]) -> Option<Message> {
+    meridian_tests::dns::udp_exchange(dns, packet, Duration::from_secs(1)).await
 }
 
 // === through hickory-resolver ===
@@ -299,7 +257,7 @@ async fn truncated_udp_answers_fall_back_to_tcp() {
         register(&mut r, &id, &format!("fd00::{i}"), 9000, &[]).await;
     }
     let name = "_orders._tcp.cafe.local.";
-    let raw = udp_exchange(node.dns_addr(), &query(77, name, RecordType::SRV))
+    let raw = udp_exchange1(node.dns_addr(), &query(77, name, RecordType::SRV))
         .await
         .expect("a UDP reply");
     assert!(raw.metadata.truncation, "TC without EDNS");
@@ -384,14 +342,14 @@ async fn hostile_packets_get_formerr_or_nothing_and_the_server_carries_on() {
     let d = node.dns_addr();
 
     let good = query(0xABCD, "orders.cafe.local.", RecordType::A);
-    let reply = udp_exchange(d, &good).await.expect("a reply");
+    let reply = udp_exchange1(d, &good).await.expect("a reply");
     assert_eq!(reply.metadata.id, 0xABCD, "id echoed");
     assert_eq!(reply.answers.len(), 2);
 
     // Huge counts with nothing behind them: FORMERR, same id.
     let mut huge = good.clone();
     huge[6..12].copy_from_slice(&[0xFF; 6]);
-    let reply = udp_exchange(d, &huge).await.expect("FORMERR");
+    let reply = udp_exchange1(d, &huge).await.expect("FORMERR");
     assert_eq!(
         (reply.metadata.id, reply.metadata.response_code),
         (0xABCD, ResponseCode::FormErr)
@@ -399,7 +357,7 @@ async fn hostile_packets_get_formerr_or_nothing_and_the_server_carries_on() {
     // A compression loop in the question.
     let mut looped = good[..12].to_vec();
     looped.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1]);
-    let reply = udp_exchange(d, &looped).await.expect("FORMERR");
+    let reply = udp_exchange1(d, &looped).await.expect("FORMERR");
     assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
     // Too short for a header, and a response: dropped.
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -425,6 +383,6 @@ async fn hostile_packets_get_formerr_or_nothing_and_the_server_carries_on() {
     }
 
     // Still serving UDP after all of it.
-    let reply = udp_exchange(d, &good).await.expect("still serving");
+    let reply = udp_exchange1(d, &good).await.expect("still serving");
     assert_eq!(reply.answers.len(), 2);
 }

@@ -10,14 +10,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::rr::RecordType;
 use meridian_control_plane::cli::Cli;
 use meridian_control_plane::dns::AllowList;
 use meridian_proto::v1 as pb;
 use meridian_tests::TestNode;
+use meridian_tests::dns::{dig, query, tcp_exchange, udp_exchange};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::TcpStream;
 
 // === helpers ===
 
@@ -38,52 +39,16 @@ async fn node(networks: &str) -> TestNode {
     node
 }
 
-fn query(id: u16, name: &str, qtype: RecordType) -> Vec<u8> {
-    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
-    m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
-    m.to_vec().unwrap()
-}
-
 /// One query over UDP from 127.0.0.1; the reply (patient: a refusal is an answer, never a
 /// silence, so waiting long costs nothing when things work).
 async fn udp(dns: SocketAddr, packet: &[u8]) -> Message {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let mut buf = vec![0u8; 65_535];
     // UDP may lose a datagram on a busy machine: ask up to three times.
     for _ in 0..3 {
-        socket.send_to(packet, dns).await.unwrap();
-        if let Ok(len) = tokio::time::timeout(Duration::from_secs(3), socket.recv(&mut buf)).await {
-            return Message::from_vec(&buf[..len.unwrap()]).unwrap();
+        if let Some(reply) = udp_exchange(dns, packet, Duration::from_secs(3)).await {
+            return reply;
         }
     }
     panic!("no UDP reply from {dns}");
-}
-
-/// One query on an open TCP connection (length-prefixed, RFC 7766).
-async fn tcp(stream: &mut TcpStream, packet: &[u8]) -> Message {
-    let len = u16::try_from(packet.len()).unwrap().to_be_bytes();
-    stream.write_all(&len).await.unwrap();
-    stream.write_all(packet).await.unwrap();
-    let mut len = [0u8; 2];
-    stream.read_exact(&mut len).await.unwrap();
-    let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    stream.read_exact(&mut reply).await.unwrap();
-    Message::from_vec(&reply).unwrap()
-}
-
-/// Runs `dig @server -p port ARGS`; panics (loudly) if dig is not installed.
-async fn dig(dns: SocketAddr, args: &[&str]) -> String {
-    let out = tokio::process::Command::new("dig")
-        .arg(format!("@{}", dns.ip()))
-        .args(["-p", &dns.port().to_string(), "+time=3", "+tries=3"])
-        .args(args)
-        .output()
-        .await
-        .unwrap_or_else(|e| {
-            panic!("cannot run `dig` ({e}): install bind9-dnsutils (scripts/test does)")
-        });
-    assert!(out.status.success(), "dig {args:?} failed: {out:?}");
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// `GET path` on the admin port; the body.
@@ -129,7 +94,7 @@ async fn queries_from_outside_the_allowed_networks_are_refused_over_udp_and_tcp(
     // TCP: the connection is served, every query on it answered REFUSED.
     let mut stream = TcpStream::connect(dns).await.unwrap();
     for (id, qtype) in [(10, RecordType::A), (11, RecordType::SRV)] {
-        let reply = tcp(&mut stream, &query(id, "orders.cafe.local.", qtype)).await;
+        let reply = tcp_exchange(&mut stream, &query(id, "orders.cafe.local.", qtype)).await;
         assert_refused(&reply, id, "orders.cafe.local.");
     }
     drop(stream);
@@ -186,7 +151,7 @@ async fn queries_from_an_allowed_network_are_answered_over_udp_and_tcp() {
     assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
 
     let mut stream = TcpStream::connect(dns).await.unwrap();
-    let reply = tcp(&mut stream, &query(9, "orders.cafe.local.", RecordType::A)).await;
+    let reply = tcp_exchange(&mut stream, &query(9, "orders.cafe.local.", RecordType::A)).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
     assert_eq!(reply.answers.len(), 1, "{reply:?}");
     drop(stream);
