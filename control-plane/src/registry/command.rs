@@ -1,10 +1,10 @@
 //! The commands the registry replicates, and what applying one yields.
 //!
-//! A command is encoded as one JSON object whose first key, `op`, is its type tag (Consul's
-//! FSM habit: a reader can always tell what an entry is). JSON keeps the log readable with
-//! `redb` tools and costs ~1 µs per command, far below the fsync that every write pays.
-//! A committed command that cannot be decoded is a fatal error for the node (the caller
-//! stops rather than let replicas diverge).
+//! Every entry says what it is in its first bytes (Consul's FSM habit): the instance commands
+//! that dominate the write load are a tagged binary record, every other command one JSON
+//! object whose first key, `op`, is its type tag; see [`super::codec`]. Entries written as
+//! JSON by earlier versions decode as before. A committed command that cannot be decoded is a
+//! fatal error for the node (the caller stops rather than let replicas diverge).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -139,14 +139,14 @@ pub enum Outcome {
 // === impl Command ===
 
 impl Command {
-    /// Encodes the command for the replicated log.
+    /// Encodes the command for the replicated log ([`super::codec`]).
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("invariant: commands always serialize to JSON")
+        super::codec::encode(self)
     }
 
-    /// Decodes a command from the log.
-    pub fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
+    /// Decodes a command from the log, in either encoding ([`super::codec`]).
+    pub fn decode(bytes: &[u8]) -> Result<Self, super::codec::DecodeError> {
+        super::codec::decode(bytes)
     }
 
     /// Checks every field. Called at the API edge (for a fast, precise error) and again in

@@ -9,6 +9,8 @@
 //! - [`acl`]: tokens (stored as hashes), their policies and the checks against them;
 //! - [`change`]: the change feed (what each command changed, for watchers);
 //! - [`command`]: the replicated commands (each starts with a type tag) and their outcomes;
+//! - [`codec`]: how commands are written into the log (binary for the hot instance commands,
+//!   JSON for the rest and for entries of older versions);
 //! - [`state`]: [`Registry`], `apply(index, command)`, revisions, snapshot and restore;
 //! - [`discover`]: the pure filtering behind `DiscoverInstances`.
 //!
@@ -23,6 +25,7 @@
 
 pub mod acl;
 pub mod change;
+pub mod codec;
 pub mod command;
 pub mod discover;
 pub mod error;
@@ -40,6 +43,7 @@ mod tests;
 
 pub use acl::{Access, Acl, NameMatch, Policy, Resource, Rule, Token, TokenSpec};
 pub use change::{Change, ChangeKind};
+pub use codec::DecodeError;
 pub use command::{Command, InstanceSpec, Outcome, ServiceSpec};
 pub use discover::{DiscoverQuery, HealthFilter};
 pub use error::RegistryError;

@@ -165,10 +165,12 @@ pub fn validate_attributes(
         ));
     }
     for (key, value) in attributes {
-        let at = format!("{field}[{key:?}]");
+        // Formatted only for an error: this runs for every attribute of every registration,
+        // at the API edge and again on every replica.
+        let at = || format!("{field}[{key:?}]");
         if key.is_empty() || key.len() > MAX_ATTRIBUTE_KEY {
             return Err(RegistryError::invalid(
-                at,
+                at(),
                 format!("key must be 1-{MAX_ATTRIBUTE_KEY} bytes"),
             ));
         }
@@ -177,13 +179,13 @@ pub fn validate_attributes(
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')))
         {
             return Err(RegistryError::invalid(
-                at,
+                at(),
                 format!("key contains {c:?}; only letters, digits and - _ . / are allowed"),
             ));
         }
         if value.len() > MAX_ATTRIBUTE_VALUE {
             return Err(RegistryError::invalid(
-                at,
+                at(),
                 format!(
                     "value is {} bytes; at most {MAX_ATTRIBUTE_VALUE} are allowed",
                     value.len()
@@ -192,7 +194,7 @@ pub fn validate_attributes(
         }
         if value.chars().any(char::is_control) {
             return Err(RegistryError::invalid(
-                at,
+                at(),
                 "value contains a control character",
             ));
         }

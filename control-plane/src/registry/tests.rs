@@ -430,6 +430,24 @@ fn command_encoding_starts_with_its_type_tag() {
     assert!(Command::decode(b"{\"op\":\"Nope\"}").is_err());
 }
 
+#[test]
+fn an_old_json_registration_still_applies() {
+    // A registration as versions before the binary encoding logged it: a data dir written by
+    // them replays through the same apply path.
+    let old = br#"{"op":"RegisterInstance","service":{"namespace":"cafe.local","service":"orders"},"instance":{"id":"i-1","address":"10.0.0.7","port":9090,"attributes":{"version":"v1"}}}"#;
+    let mut r = Registry::new();
+    r.apply(1, &ns("cafe.local")).unwrap();
+    r.apply(2, &service("orders.cafe.local")).unwrap();
+    let command = Command::decode(old).unwrap();
+    r.apply(3, &command).unwrap();
+    let instance = r.instance(&svc("orders.cafe.local"), "i-1").unwrap();
+    assert_eq!(instance.address.to_string(), "10.0.0.7");
+    assert_eq!(instance.port, 9090);
+    assert_eq!(r.revision(), 3);
+    // Written again today, the same command is binary.
+    assert_eq!(command.encode()[0], super::codec::BINARY_TAG);
+}
+
 // --- property tests ---
 
 fn label() -> impl Strategy<Value = String> {
