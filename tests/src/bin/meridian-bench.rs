@@ -16,6 +16,7 @@
 //! scripts/bench --pin --repeat 3         # servers on core 0, load generator on core 1, median of 3
 //! scripts/bench --systems etcd           # only one side
 //! scripts/bench --pin --scenario proxy   # meridian-proxy vs haproxy, 90/10 over nginx, wrk
+//! scripts/bench --pin --scenario cluster --writes-only   # 3 nodes vs 3 members, writes only
 //! ```
 //!
 //! The `meridian` binary is looked up next to this one (`target/release/meridian`) unless
@@ -135,6 +136,11 @@ struct Args {
     #[arg(long, default_value = "/usr/sbin/nginx")]
     nginx_bin: PathBuf,
 
+    /// `cluster` scenario: run only part 1 (writes at the leader), about 2 minutes; with
+    /// `--systems` one side only (e.g. to profile it).
+    #[arg(long)]
+    writes_only: bool,
+
     /// Directory in which both data dirs are created [default: the system temp dir].
     #[arg(long)]
     data_root: Option<PathBuf>,
@@ -239,11 +245,27 @@ async fn run(args: Args, machine: String) -> Result<()> {
     }
     let data_root = args.data_root.clone().unwrap_or_else(std::env::temp_dir);
     if args.scenario == Scenario::Cluster {
+        let kinds: Vec<watch::Kind> = [
+            (SystemArg::Etcd, watch::Kind::Etcd),
+            (SystemArg::Meridian, watch::Kind::Meridian),
+        ]
+        .into_iter()
+        .filter(|(s, _)| want(*s))
+        .map(|(_, k)| k)
+        .collect();
+        ensure!(
+            args.writes_only || kinds.len() == 2,
+            "--scenario cluster measures both systems unless --writes-only is given"
+        );
         return cluster::run(
             &meridian_bin,
             &args.etcd_bin,
             &data_root,
-            args.pin,
+            &cluster::Options {
+                pin: args.pin,
+                writes_only: args.writes_only,
+                kinds,
+            },
             &machine,
         )
         .await;

@@ -21,6 +21,9 @@
 //!    restart until its `Cluster/Status` shows `applied_index` ≥ the leader's commit index at
 //!    the kill. etcd: [`SCALE_INSTANCES`] puts of 256 B by [`SCALE_CLIENTS`] clients at the
 //!    leader of a 3-member cluster, then each member's RSS and data dir size.
+//!
+//! With `--writes-only`, part 1 alone runs (about 2 minutes), for the systems `--systems`
+//! names.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -94,14 +97,25 @@ struct EtcdScale {
     members: Vec<(String, u64, DiskSize)>,
 }
 
+/// What to run.
+pub(crate) struct Options {
+    /// Servers on core 0, this load generator on core 1.
+    pub(crate) pin: bool,
+    /// Part 1 only.
+    pub(crate) writes_only: bool,
+    /// The systems part 1 measures (both unless `writes_only`).
+    pub(crate) kinds: Vec<Kind>,
+}
+
 /// Runs the scenario and prints its Markdown report.
 pub(crate) async fn run(
     meridian_bin: &Path,
     etcd_bin: &Path,
     data_root: &Path,
-    pin: bool,
+    options: &Options,
     machine: &str,
 ) -> Result<()> {
+    let pin = options.pin;
     let start = |kind| async move {
         match kind {
             Kind::Meridian => watch::start_meridian(meridian_bin, data_root, pin).await,
@@ -112,7 +126,7 @@ pub(crate) async fn run(
 
     // 1. Writes at the leader.
     let mut cells = Vec::new();
-    for kind in [Kind::Etcd, Kind::Meridian] {
+    for &kind in &options.kinds {
         let cluster = start(kind).await?;
         eprintln!(
             "{kind:?} ({}) is up; node {} leads",
@@ -178,6 +192,10 @@ pub(crate) async fn run(
         }
         drop(cluster);
     }
+    if options.writes_only {
+        report_writes(&cells, &servers, pin, machine, data_root);
+        return Ok(());
+    }
 
     // 2. Leader failover, a fresh cluster per run.
     let mut failovers = Vec::new();
@@ -198,9 +216,8 @@ pub(crate) async fn run(
         scale_meridian(start(Kind::Meridian).await?, meridian_bin, data_root, pin).await?;
     let etcd = scale_etcd(start(Kind::Etcd).await?).await?;
 
-    report(
-        &cells, &failovers, &meridian, &etcd, &servers, pin, machine, data_root,
-    );
+    report_writes(&cells, &servers, pin, machine, data_root);
+    report(&failovers, &meridian, &etcd);
     Ok(())
 }
 
@@ -541,11 +558,9 @@ async fn scale_etcd(cluster: Cluster) -> Result<EtcdScale> {
 
 /// Prints the Markdown report.
 #[allow(clippy::too_many_arguments, clippy::print_stdout)] // the report is the output
-fn report(
+/// The header and part 1's table (a system that was not measured shows as "-").
+fn report_writes(
     cells: &[WriteCell],
-    failovers: &[(Kind, Vec<Duration>)],
-    meridian: &MeridianScale,
-    etcd: &EtcdScale,
     servers: &[String],
     pin: bool,
     machine: &str,
@@ -585,9 +600,10 @@ fn report(
                 .iter()
                 .find(|c| c.kind == kind && c.clients == clients)
         };
-        let (Some(m), Some(e)) = (find(Kind::Meridian), find(Kind::Etcd)) else {
+        let (m, e) = (find(Kind::Meridian), find(Kind::Etcd));
+        if m.is_none() && e.is_none() {
             continue;
-        };
+        }
         let cell = |c: &WriteCell| {
             let errors = if c.result.errors > 0 {
                 format!(", {} errors", c.result.errors)
@@ -600,18 +616,29 @@ fn report(
                 c.result.ok
             )
         };
+        let latency = |c: &WriteCell| format!("{:.2} / {:.2}", c.result.ms(0.5), c.result.ms(0.99));
+        let ratio = match (m, e) {
+            (Some(m), Some(e)) => format!(
+                "**{:.2}×**",
+                m.result.writes_per_sec() / e.result.writes_per_sec().max(1e-9)
+            ),
+            _ => "-".to_owned(),
+        };
+        let or_dash = |c: Option<&WriteCell>, f: &dyn Fn(&WriteCell) -> String| {
+            c.map_or_else(|| "-".to_owned(), f)
+        };
         println!(
-            "| {clients} | {} | {} | **{:.2}×** | {:.2} / {:.2} | {:.2} / {:.2} |",
-            cell(m),
-            cell(e),
-            m.result.writes_per_sec() / e.result.writes_per_sec().max(1e-9),
-            m.result.ms(0.5),
-            m.result.ms(0.99),
-            e.result.ms(0.5),
-            e.result.ms(0.99),
+            "| {clients} | {} | {} | {ratio} | {} | {} |",
+            or_dash(m, &cell),
+            or_dash(e, &cell),
+            or_dash(m, &latency),
+            or_dash(e, &latency),
         );
     }
+}
 
+/// Parts 2 and 3.
+fn report(failovers: &[(Kind, Vec<Duration>)], meridian: &MeridianScale, etcd: &EtcdScale) {
     println!(
         "\n### Leader failover: SIGKILL of the leader → first acknowledged write through a \
          survivor ({FAILOVER_RUNS} runs, fresh cluster each; a new write every \
