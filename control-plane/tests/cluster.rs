@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meridian_proto::v1 as pb;
-use meridian_tests::{ProcessCluster, wait_for};
+use meridian_tests::{ProcessCluster, orders_instance as registration, wait_for};
 use tokio_util::sync::CancellationToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meridian");
@@ -34,16 +34,6 @@ async fn cluster(n: u64, args: &[&str]) -> ProcessCluster {
     .await
     .expect("service");
     cluster
-}
-
-fn registration(id: &str) -> pb::RegisterInstanceRequest {
-    pb::RegisterInstanceRequest {
-        service: "orders.cafe.local".into(),
-        id: id.into(),
-        address: "10.0.0.1".into(),
-        port: 8080,
-        attributes: Default::default(),
-    }
 }
 
 /// The instance ids node `id` holds, read from its local replica.

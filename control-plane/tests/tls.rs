@@ -13,7 +13,7 @@ use meridian_proto::v1 as pb;
 use meridian_proto::v1::cluster_client::ClusterClient;
 use meridian_proto::v1::discovery_client::DiscoveryClient;
 use meridian_proto::v1::peer_client::PeerClient;
-use meridian_tests::{ProcessCluster, wait_for};
+use meridian_tests::{ProcessCluster, orders_instance as registration, wait_for};
 use meridian_tls::init::{InitOptions, init};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
@@ -45,16 +45,6 @@ async fn tls_cluster(n: u64, tls: &Path) -> ProcessCluster {
     let mut registry = cluster.registry(leader);
     meridian_tests::create_ttl_service(&mut registry, "orders.cafe.local", 30_000, None).await;
     cluster
-}
-
-fn registration(id: &str) -> pb::RegisterInstanceRequest {
-    pb::RegisterInstanceRequest {
-        service: "orders.cafe.local".into(),
-        id: id.into(),
-        address: "10.0.0.1".into(),
-        port: 8080,
-        ..Default::default()
-    }
 }
 
 /// The `meridian` CLI with `args`; its exit status, stdout and stderr.

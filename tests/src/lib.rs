@@ -275,6 +275,17 @@ impl Drop for TestNode {
     }
 }
 
+/// A registration of instance `id` of `orders.cafe.local` at 10.0.0.1:8080, no attributes.
+pub fn orders_instance(id: &str) -> meridian_proto::v1::RegisterInstanceRequest {
+    meridian_proto::v1::RegisterInstanceRequest {
+        service: "orders.cafe.local".into(),
+        id: id.into(),
+        address: "10.0.0.1".into(),
+        port: 8080,
+        attributes: Default::default(),
+    }
+}
+
 /// Creates namespace `cafe.local` and in it `service` (`orders.cafe.local`) with a TTL health
 /// check of `ttl_ms`, calling with `token` when given (ACLs on).
 pub async fn create_ttl_service(
