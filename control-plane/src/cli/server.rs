@@ -94,6 +94,20 @@ async fn run(config: NodeConfig, flags: &TelemetryArgs, dev: bool) -> Result<(),
 
 async fn serve(config: NodeConfig, telemetry: &Telemetry, dev: bool) -> Result<(), String> {
     let data_dir = config.data_dir.clone();
+    // What a client needs to say to reach this node, for the banner.
+    let client_flags = match &config.tls {
+        Some(tls) => format!(
+            "--addr https://{} --tls-ca {}{} ",
+            config.listen,
+            tls.files.ca.display(),
+            if tls.require_client_cert {
+                " --tls-cert CERT --tls-key KEY"
+            } else {
+                ""
+            }
+        ),
+        None => String::new(),
+    };
     let scheme = if config.tls.is_some() {
         "https"
     } else {
@@ -104,7 +118,7 @@ async fn serve(config: NodeConfig, telemetry: &Telemetry, dev: bool) -> Result<(
         .map_err(|e| e.to_string())?;
     if dev {
         output::line(&format!(
-            "Meridian dev node: gRPC {scheme}://{}, DNS {}, metrics http://{}/metrics (data in {}). Try: meridian namespace create cafe.local",
+            "Meridian dev node: gRPC {scheme}://{}, DNS {}, metrics http://{}/metrics (data in {}). Try: meridian {client_flags}namespace create cafe.local",
             node.api_addr(),
             node.dns_addr(),
             node.admin_addr(),
