@@ -169,9 +169,12 @@ pub async fn serve(
         .layer(crate::telemetry::GrpcLayer::new(metrics))
         // Then who is calling: every handler checks the caller this puts on the request.
         .layer(crate::auth::AuthLayer::new(access.authorizer, views).with_rate_limit(access.rate))
-        // Then how many watch and discovery streams that caller holds open.
-        .layer(crate::auth::StreamLimitLayer::new(
-            access.max_watchers_per_client,
+        // Then how many watch and discovery streams that caller holds open (only with a
+        // limit: no layer, no cost per call, without one).
+        .layer(tower::util::option_layer(
+            access
+                .max_watchers_per_client
+                .map(crate::auth::StreamLimitLayer::new),
         ))
         .add_service(health)
         .add_service(reflection)

@@ -54,18 +54,20 @@ pub struct StreamSlot {
     key: String,
 }
 
-/// Applies a [`StreamLimiter`] (if any) to the streaming calls of the services below it.
-/// Sits under [`super::AuthLayer`], whose [`Caller`] it reads.
+/// Applies a [`StreamLimiter`] to the streaming calls of the services below it. Sits under
+/// [`super::AuthLayer`], whose [`Caller`] it reads. Without `--max-watchers-per-client` the
+/// node does not add it at all (`tower::util::option_layer`), so unlimited nodes pay nothing
+/// per call.
 #[derive(Debug, Clone)]
 pub struct StreamLimitLayer {
-    limiter: Option<Arc<StreamLimiter>>,
+    limiter: Arc<StreamLimiter>,
 }
 
 /// [`StreamLimitLayer`] around a service.
 #[derive(Debug, Clone)]
 pub struct StreamLimitService<S> {
     inner: S,
-    limiter: Option<Arc<StreamLimiter>>,
+    limiter: Arc<StreamLimiter>,
 }
 
 /// A response body holding its stream's slot until the server drops it.
@@ -134,10 +136,10 @@ impl Drop for StreamSlot {
 // === impl StreamLimitLayer ===
 
 impl StreamLimitLayer {
-    /// At most `max` streams per caller; `None`: no limit (the layer passes calls through).
-    pub fn new(max: Option<usize>) -> Self {
+    /// At most `max` streams per caller.
+    pub fn new(max: usize) -> Self {
         Self {
-            limiter: max.map(|max| Arc::new(StreamLimiter::new(max))),
+            limiter: Arc::new(StreamLimiter::new(max)),
         }
     }
 }
@@ -173,22 +175,21 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let slot = match &self.limiter {
-            Some(limiter) if LIMITED.contains(&req.uri().path()) => {
-                let caller = req
-                    .extensions()
-                    .get::<Caller>()
-                    .cloned()
-                    .unwrap_or(Caller::Anyone);
-                match limiter.acquire(client_key(&caller, req.extensions())) {
-                    Ok(slot) => Some(slot),
-                    Err(status) => {
-                        tracing::debug!(path = req.uri().path(), "stream limit reached");
-                        return Box::pin(async move { Ok(status.into_http()) });
-                    }
+        let slot = if LIMITED.contains(&req.uri().path()) {
+            let caller = req
+                .extensions()
+                .get::<Caller>()
+                .cloned()
+                .unwrap_or(Caller::Anyone);
+            match self.limiter.acquire(client_key(&caller, req.extensions())) {
+                Ok(slot) => Some(slot),
+                Err(status) => {
+                    tracing::debug!(path = req.uri().path(), "stream limit reached");
+                    return Box::pin(async move { Ok(status.into_http()) });
                 }
             }
-            _ => None,
+        } else {
+            None
         };
         // The clone is the one polled ready; keep it (tower's usual swap).
         let clone = self.inner.clone();
