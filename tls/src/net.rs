@@ -146,3 +146,31 @@ impl tower::Service<Uri> for Connector {
         })
     }
 }
+
+/// The URI to give tonic for a user's `url` (`--addr`, `--control-plane`) when TLS, if any, is
+/// done by a [`Connector`]: `https://` becomes `http://` (tonic refuses `https` without its own
+/// TLS set-up; the connector still checks the certificate against the URI's host). `None`
+/// for an `https://` URL without TLS, which cannot be honoured.
+pub fn tonic_uri(url: &str, tls: bool) -> Option<String> {
+    match (tls, url.strip_prefix("https://")) {
+        (true, Some(rest)) => Some(format!("http://{rest}")),
+        (false, Some(_)) => None,
+        (_, None) => Some(url.to_owned()),
+    }
+}
+
+/// Connects `endpoint` now: over TLS with `tls` (through a [`Connector`]), in plain text
+/// without.
+pub async fn connect(
+    endpoint: tonic::transport::Endpoint,
+    tls: Option<&Arc<ClientConfig>>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    match tls {
+        Some(config) => {
+            endpoint
+                .connect_with_connector(Connector::new(Arc::clone(config)))
+                .await
+        }
+        None => endpoint.connect().await,
+    }
+}

@@ -190,6 +190,21 @@ async fn a_rotated_certificate_is_served_after_reload_without_a_restart() {
 }
 
 #[test]
+fn https_urls_reach_tonic_as_http_only_with_tls() {
+    use crate::net::tonic_uri;
+    assert_eq!(
+        tonic_uri("https://a:1", true).as_deref(),
+        Some("http://a:1")
+    );
+    assert_eq!(tonic_uri("http://a:1", true).as_deref(), Some("http://a:1"));
+    assert_eq!(
+        tonic_uri("http://a:1", false).as_deref(),
+        Some("http://a:1")
+    );
+    assert_eq!(tonic_uri("https://a:1", false), None);
+}
+
+#[test]
 fn flags_name_what_is_missing() {
     let dir = tempfile::tempdir().unwrap();
     init(dir.path(), &options(&[1])).unwrap();

@@ -71,29 +71,17 @@ impl Target {
     /// Connects now.
     pub(super) async fn connect(&self) -> Result<Channel, String> {
         let addr = &self.addr;
-        // With TLS the scheme may be `https`; the URI keeps `http` for tonic, the TLS is the
-        // connector's.
-        let plain_uri = match (&self.tls, addr.strip_prefix("https://")) {
-            (Some(_), Some(rest)) => format!("http://{rest}"),
-            (None, Some(_)) => {
-                return Err(format!(
-                    "--addr {addr}: https needs --tls-ca (the CA that signed the server's certificate)"
-                ));
-            }
-            (_, None) => addr.clone(),
-        };
-        let endpoint = Endpoint::from_shared(plain_uri)
+        let uri = meridian_tls::net::tonic_uri(addr, self.tls.is_some()).ok_or_else(|| {
+            format!(
+                "--addr {addr}: https needs --tls-ca (the CA that signed the server's certificate)"
+            )
+        })?;
+        let endpoint = Endpoint::from_shared(uri)
             .map_err(|e| format!("--addr: {addr:?} is not a URL ({e})"))?
             .connect_timeout(std::time::Duration::from_secs(3));
-        let connected = match &self.tls {
-            Some(tls) => {
-                let connector =
-                    meridian_tls::net::Connector::new(std::sync::Arc::clone(&tls.config));
-                endpoint.connect_with_connector(connector).await
-            }
-            None => endpoint.connect().await,
-        };
-        let channel = connected
+        let tls = self.tls.as_ref().map(|tls| &tls.config);
+        let channel = meridian_tls::net::connect(endpoint, tls)
+            .await
             .map_err(|e| format!("cannot reach meridian at {addr}: {}", root_cause(&e)))?;
         Ok(InterceptedService::new(channel, self.bearer.clone()))
     }

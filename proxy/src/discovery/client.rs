@@ -60,20 +60,6 @@ pub(crate) struct Client {
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
-/// Connects `endpoint`, over TLS with `tls`.
-async fn connect(
-    endpoint: Endpoint,
-    tls: Option<&Arc<rustls::ClientConfig>>,
-) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    match tls {
-        Some(config) => {
-            let connector = meridian_tls::net::Connector::new(Arc::clone(config));
-            endpoint.connect_with_connector(connector).await
-        }
-        None => endpoint.connect().await,
-    }
-}
-
 /// How one stream ended.
 enum Ended {
     Shutdown,
@@ -162,12 +148,8 @@ impl Client {
             answered: false,
             reason,
         };
-        // With TLS the URL may say `https`; tonic's URI keeps `http`, the TLS is the
-        // connector's (checking the certificate against the URL's host).
-        let uri = match (&self.tls, url.strip_prefix("https://")) {
-            (Some(_), Some(rest)) => format!("http://{rest}"),
-            (None, Some(_)) => return closed("an https URL needs --tls-ca".to_owned()),
-            (_, None) => url.to_owned(),
+        let Some(uri) = meridian_tls::net::tonic_uri(url, self.tls.is_some()) else {
+            return closed("an https URL needs --tls-ca".to_owned());
         };
         let endpoint = match Endpoint::from_shared(uri) {
             Ok(e) => e
@@ -179,7 +161,7 @@ impl Client {
         };
         let channel = tokio::select! {
             () = shutdown.cancelled() => return Ended::Shutdown,
-            c = connect(endpoint, self.tls.as_ref()) => match c {
+            c = meridian_tls::net::connect(endpoint, self.tls.as_ref()) => match c {
                 Ok(c) => c,
                 Err(e) => return closed(format!("connect: {}", error_chain(&e))),
             },
