@@ -22,18 +22,24 @@ struct Server {
 
 impl Server {
     fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, |_| {})
+    }
+
+    /// [`Server::start`] with more flags or variables set by `extra`.
+    fn start_with(data_dir: &Path, extra: impl FnOnce(&mut Command)) -> Self {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
-        let child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .args(["server", "--id", "1", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", &listen, "--peers", &format!("1={listen}")])
             .args(["--dns-listen", &format!("127.0.0.1:{}", free_port())])
             .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn meridian server");
+            .stderr(Stdio::null());
+        extra(&mut command);
+        let child = command.spawn().expect("spawn meridian server");
         let server = Self {
             child,
             url: format!("http://{listen}"),

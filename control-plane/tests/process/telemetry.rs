@@ -2,12 +2,11 @@
 //! spans and metrics at a collector, the flush on SIGTERM, the admin port, and client
 //! subcommands that never export.
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use meridian_tests::otlp::{Collector, attribute};
 
-use super::{BIN, Server, free_port, json, wait_for};
+use super::{BIN, Server};
 
 #[test]
 fn a_server_exports_spans_and_metrics_and_flushes_them_on_sigterm() {
@@ -18,31 +17,15 @@ fn a_server_exports_spans_and_metrics_and_flushes_them_on_sigterm() {
         .unwrap();
     let collector = runtime.block_on(Collector::start());
     let dir = tempfile::tempdir().unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(BIN)
-        .args(["server", "--id", "1", "--data-dir"])
-        .arg(dir.path())
-        .args(["--listen", &listen, "--peers", &format!("1={listen}")])
-        .args(["--dns-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--admin-listen", &admin])
-        .args(["--otlp-endpoint", &collector.endpoint()])
-        .args(["--otel-service-name", "cp-under-test"])
-        // Longer than the test: metrics can only arrive through the flush at shutdown.
-        .env("OTEL_METRIC_EXPORT_INTERVAL", "600000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server {
-        child,
-        url: format!("http://{listen}"),
-    };
-    wait_for(
-        "the server to elect itself",
-        Duration::from_secs(20),
-        || json(&server.cli(&["cluster", "status", "--json"]))["leader_id"] == 1,
-    );
+    let endpoint = collector.endpoint();
+    let server = Server::start_with(dir.path(), |command| {
+        command
+            .args(["--otlp-endpoint", &endpoint])
+            .args(["--otel-service-name", "cp-under-test"])
+            // Longer than the test: metrics can only arrive through the flush at shutdown.
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "600000");
+    });
+    let server_listen = server.url.trim_start_matches("http://").to_owned();
     // A client subcommand with the variables set exports nothing of its own.
     let out = Command::new(BIN)
         .args(["namespace", "create", "cafe.local"])
@@ -66,7 +49,7 @@ fn a_server_exports_spans_and_metrics_and_flushes_them_on_sigterm() {
     );
     assert_eq!(
         attribute(&create.resource, "service.instance.id"),
-        Some(format!("node-1@{listen}").as_str())
+        Some(format!("node-1@{}", server_listen).as_str())
     );
     assert!(attribute(&create.resource, "service.version").is_some());
     assert!(spans.iter().any(|s| s.span.name == "raft.propose"));
