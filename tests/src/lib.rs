@@ -214,15 +214,10 @@ impl TestNode {
     pub async fn channel(&self) -> Channel {
         // tonic wants `http` in the URI whoever does the TLS.
         let endpoint = Channel::from_shared(format!("http://{}", self.addr)).expect("url");
-        match &self.client_tls {
-            Some(tls) => endpoint
-                .connect_with_connector(meridian_tls::net::Connector::new(std::sync::Arc::clone(
-                    &tls.config,
-                )))
-                .await
-                .expect("connect to test node over TLS"),
-            None => endpoint.connect().await.expect("connect to test node"),
-        }
+        let tls = self.client_tls.as_ref().map(|tls| &tls.config);
+        meridian_tls::net::connect(endpoint, tls)
+            .await
+            .expect("connect to test node")
     }
 
     /// A `Registry` client.

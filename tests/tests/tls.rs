@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::path::Path;
-use std::sync::Arc;
 
 use meridian_proto::v1 as pb;
 use meridian_proto::v1::discovery_client::DiscoveryClient;
@@ -49,9 +48,8 @@ fn client(trust: &Path, dir: &Path, identity: Option<&str>) -> ClientTls {
 
 /// Lists namespaces on `node` as `tls` presents itself.
 async fn list_namespaces(node: &TestNode, tls: &ClientTls) -> Result<usize, tonic::Status> {
-    let channel = Endpoint::from_shared(format!("http://{}", node.addr()))
-        .unwrap()
-        .connect_with_connector(meridian_tls::net::Connector::new(Arc::clone(&tls.config)))
+    let endpoint = Endpoint::from_shared(format!("http://{}", node.addr())).unwrap();
+    let channel = meridian_tls::net::connect(endpoint, Some(&tls.config))
         .await
         .map_err(|e| tonic::Status::unavailable(format!("connect: {e}")))?;
     let listed = RegistryClient::new(channel)
