@@ -76,6 +76,8 @@ struct WriteCell {
     kind: Kind,
     clients: usize,
     result: RunResult,
+    /// CPU time of the whole cluster (every node, user + system) over the run, per write.
+    cpu_per_write: Duration,
 }
 
 /// What part 3 measured on Meridian.
@@ -158,26 +160,30 @@ pub(crate) async fn run(
             let mut runs = Vec::with_capacity(REPEAT);
             for round in 0..REPEAT {
                 let requests = (2_000 * clients as u64).min(20_000);
+                let cpu_before = cluster_cpu(&cluster)?;
                 let r = load::run(
                     system(kind),
                     &endpoint,
                     &shape(format!("r{round}c{clients}"), requests),
                 )
                 .await?;
+                let cpu = cluster_cpu(&cluster)?.saturating_sub(cpu_before);
+                let cpu_per_write = cpu / u32::try_from(r.ok.max(1)).unwrap_or(u32::MAX);
                 eprintln!(
                     "  {kind:?} {clients:>2} clients, run {}: {:.0} writes/s, p50 {:.2} ms, \
-                     p99 {:.2} ms ({} ok, {} errors)",
+                     p99 {:.2} ms, {} µs CPU per write ({} ok, {} errors)",
                     round + 1,
                     r.writes_per_sec(),
                     r.ms(0.5),
                     r.ms(0.99),
+                    cpu_per_write.as_micros(),
                     r.ok,
                     r.errors
                 );
-                runs.push(r);
+                runs.push((r, cpu_per_write));
             }
-            runs.sort_by(|a, b| a.writes_per_sec().total_cmp(&b.writes_per_sec()));
-            let result = runs.swap_remove(runs.len() / 2);
+            runs.sort_by(|a, b| a.0.writes_per_sec().total_cmp(&b.0.writes_per_sec()));
+            let (result, cpu_per_write) = runs.swap_remove(runs.len() / 2);
             if result.ok == 0 {
                 bail!(
                     "{kind:?}: every write failed, e.g. {}",
@@ -188,6 +194,7 @@ pub(crate) async fn run(
                 kind,
                 clients,
                 result,
+                cpu_per_write,
             });
         }
         drop(cluster);
@@ -556,6 +563,14 @@ async fn scale_etcd(cluster: Cluster) -> Result<EtcdScale> {
     Ok(EtcdScale { load, members })
 }
 
+/// CPU time used so far by every node of `cluster` together.
+fn cluster_cpu(cluster: &Cluster) -> Result<Duration> {
+    cluster
+        .nodes
+        .iter()
+        .try_fold(Duration::ZERO, |sum, node| Ok(sum + node.cpu_time()?))
+}
+
 /// Prints the Markdown report.
 #[allow(clippy::too_many_arguments, clippy::print_stdout)] // the report is the output
 /// The header and part 1's table (a system that was not measured shows as "-").
@@ -592,7 +607,8 @@ fn report_writes(
     );
     println!(
         "| clients | Meridian registrations/s | etcd puts/s | Meridian / etcd | \
-         Meridian p50 / p99 (ms) | etcd p50 / p99 (ms) |\n|---:|---:|---:|---:|---:|---:|"
+         Meridian p50 / p99 (ms) | etcd p50 / p99 (ms) | CPU per write, Meridian / etcd (µs, \
+         all 3 nodes) |\n|---:|---:|---:|---:|---:|---:|---:|"
     );
     for clients in LEVELS {
         let find = |kind| {
@@ -627,12 +643,15 @@ fn report_writes(
         let or_dash = |c: Option<&WriteCell>, f: &dyn Fn(&WriteCell) -> String| {
             c.map_or_else(|| "-".to_owned(), f)
         };
+        let cpu = |c: &WriteCell| c.cpu_per_write.as_micros().to_string();
         println!(
-            "| {clients} | {} | {} | {ratio} | {} | {} |",
+            "| {clients} | {} | {} | {ratio} | {} | {} | {} / {} |",
             or_dash(m, &cell),
             or_dash(e, &cell),
             or_dash(m, &latency),
             or_dash(e, &latency),
+            or_dash(m, &cpu),
+            or_dash(e, &cpu),
         );
     }
 }

@@ -22,6 +22,9 @@ use crate::etcdserverpb::kv_client::KvClient;
 
 /// How long a server may take from spawn to answering writes.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Units of `utime`/`stime` in `/proc/PID/stat`: Linux's `USER_HZ`, 100 on every architecture
+/// this builds for.
+const CLOCK_TICKS_PER_SEC: u64 = 100;
 
 /// The namespace and service that every Meridian registration goes to.
 pub(crate) const BENCH_NAMESPACE: &str = "bench.local";
@@ -148,6 +151,26 @@ impl ServerGuard {
             .context("no VmRSS line")?
             .parse()?;
         Ok(kib * 1024)
+    }
+
+    /// CPU time the process has used so far, user + system, over all its threads
+    /// (`utime` + `stime` of `/proc/PID/stat`, in clock ticks of 10 ms: read it around runs
+    /// of seconds, not single requests).
+    pub(crate) fn cpu_time(&self) -> Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .with_context(|| format!("reading {}'s /proc stat", self.name))?;
+        // The command name (field 2) may hold spaces: count fields after its closing ')'.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("no ')' in /proc stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks =
+            |i: usize| -> Result<u64> { Ok(fields.get(i).context("short /proc stat")?.parse()?) };
+        // utime and stime are fields 14 and 15, i.e. 11 and 12 after the state (field 3).
+        let total = ticks(11)? + ticks(12)?;
+        Ok(Duration::from_millis(total * 1000 / CLOCK_TICKS_PER_SEC))
     }
 
     /// Fails if the process has exited, quoting the end of its log.
