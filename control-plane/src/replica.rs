@@ -215,9 +215,10 @@ impl StateMachine for RegistryMachine {
     }
 
     fn snapshotter(&self) -> raft::Snapshotter {
-        // O(1): the registry's maps are shared, not copied.
+        // O(1): the registry's maps are shared, not copied. The bytes of `Registry::snapshot`
+        // (its JSON), written to the snapshot file as they are produced.
         let registry = self.registry.clone();
-        Box::new(move || registry.snapshot())
+        Box::new(move |out| serde_json::to_writer(out, &registry).map_err(std::io::Error::from))
     }
 
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), FatalError> {

@@ -3,8 +3,11 @@
 //! Serializing the whole registry takes time proportional to its size; on the driver thread
 //! it stalled every commit, heartbeat and vote for that long. Instead the driver takes a
 //! [`Snapshotter`](super::Snapshotter) (an O(1) clone of the state, thanks to its persistent
-//! maps), runs it on a short-lived thread, and stores the bytes and compacts the log when they
-//! come back. One compaction at a time; the log keeps growing meanwhile, which is harmless.
+//! maps) and runs it on a short-lived thread, which serializes straight into a new snapshot
+//! file and fsyncs it ([`snapfile::write`]: no whole-state buffer, no large write on the driver
+//! thread). When the file is complete, the driver records it and compacts the log
+//! ([`RedbStorage::compact`](super::storage::RedbStorage::compact)). One compaction at a time;
+//! the log keeps growing meanwhile, which is harmless.
 //!
 //! # When
 //! After at least `snapshot_every` applied entries, *and* once the commands applied since the
@@ -15,9 +18,12 @@
 //! snapshot work, whatever the registry's size, and the disk still holds at most about twice
 //! the state (the snapshot plus a log no larger than it, or `snapshot_every` entries).
 
+use std::path::PathBuf;
+
 use ::raft::eraftpb::ConfState;
 use tokio::sync::oneshot;
 
+use super::snapfile::{self, SnapFile};
 use super::{ProposeError, Reply, Snapshotter};
 
 /// The compaction in flight, if any, who waits for it, and what decides the next one.
@@ -37,15 +43,16 @@ struct Running {
     index: u64,
     term: u64,
     conf_state: ConfState,
-    data: oneshot::Receiver<Vec<u8>>,
+    /// The written file, or why it could not be written.
+    file: oneshot::Receiver<Result<SnapFile, String>>,
 }
 
-/// A serialized snapshot, ready to be stored.
+/// A snapshot written to its file, ready to be recorded.
 pub(crate) struct Serialized {
     pub(crate) index: u64,
     pub(crate) term: u64,
     pub(crate) conf_state: ConfState,
-    pub(crate) data: Vec<u8>,
+    pub(crate) file: SnapFile,
 }
 
 // === impl Compactions ===
@@ -69,13 +76,15 @@ impl Compactions {
         self.running.is_some()
     }
 
-    /// Starts serializing the state at `index` on its own thread (unless one is running).
+    /// Starts serializing the state at `index` into a snapshot file in `dir`, on its own
+    /// thread (unless one is running).
     pub(crate) fn start(
         &mut self,
         index: u64,
         term: u64,
         conf_state: ConfState,
         snapshotter: Snapshotter,
+        dir: PathBuf,
     ) -> std::io::Result<()> {
         if self.running.is_some() {
             return Ok(());
@@ -86,31 +95,37 @@ impl Compactions {
         std::thread::Builder::new()
             .name("raft-snapshot".into())
             .spawn(move || {
-                // The driver may have stopped meanwhile; then nobody wants the bytes.
-                let _ = tx.send(snapshotter());
+                let file = snapfile::write(&dir, term, index, snapshotter);
+                // The driver may have stopped meanwhile; then nobody records the file, and
+                // the next open deletes it.
+                let _ = tx.send(file.map_err(|e| e.to_string()));
             })?;
         self.running = Some(Running {
             index,
             term,
             conf_state,
-            data: rx,
+            file: rx,
         });
         Ok(())
     }
 
-    /// Waits for the running serialization (forever if none runs: use in a guarded select).
-    pub(crate) async fn finished(&mut self) -> Option<Serialized> {
+    /// Waits for the running serialization; `None` if none runs (use in a guarded select).
+    pub(crate) async fn finished(&mut self) -> Option<Result<Serialized, String>> {
         let running = self.running.as_mut()?;
-        let data = (&mut running.data).await;
+        let file = (&mut running.file).await;
         let running = self.running.take().expect("invariant: checked above");
-        let data = data.ok()?;
-        self.last_snapshot_bytes = data.len() as u64;
-        Some(Serialized {
+        let file = match file {
+            Ok(Ok(file)) => file,
+            Ok(Err(e)) => return Some(Err(e)),
+            Err(_) => return Some(Err("the snapshot thread died".into())),
+        };
+        self.last_snapshot_bytes = file.size;
+        Some(Ok(Serialized {
             index: running.index,
             term: running.term,
             conf_state: running.conf_state,
-            data,
-        })
+            file,
+        }))
     }
 
     /// Someone asked for a snapshot; answered by [`Compactions::answer`].
@@ -128,16 +143,30 @@ impl Compactions {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write as _;
+
     use super::*;
 
-    fn take(compactions: &mut Compactions, bytes: usize) -> Option<Serialized> {
+    fn zeros(bytes: usize) -> Snapshotter {
+        Box::new(move |out| out.write_all(&vec![0; bytes]))
+    }
+
+    fn take(compactions: &mut Compactions, bytes: usize) -> Serialized {
+        let dir = tempfile::tempdir().unwrap();
         compactions
-            .start(1, 1, ConfState::default(), Box::new(move || vec![0; bytes]))
+            .start(1, 1, ConfState::default(), zeros(bytes), dir.path().into())
             .unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        runtime.block_on(compactions.finished())
+        let serialized = runtime.block_on(compactions.finished()).unwrap().unwrap();
+        let on_disk = std::fs::read(dir.path().join(&serialized.file.name)).unwrap();
+        assert_eq!(
+            on_disk,
+            vec![0; bytes],
+            "the file holds what the snapshotter wrote"
+        );
+        serialized
     }
 
     #[test]
@@ -146,7 +175,7 @@ mod tests {
         assert!(!c.due(9, 10), "fewer entries than snapshot_every");
         assert!(c.due(10, 10), "no snapshot yet: the entry count decides");
 
-        assert_eq!(take(&mut c, 1_000).unwrap().data.len(), 1_000);
+        assert_eq!(take(&mut c, 1_000).file.size, 1_000);
         for _ in 0..10 {
             c.applied(50);
         }
@@ -157,7 +186,7 @@ mod tests {
         assert!(c.due(20, 10), "1,000 bytes applied: due");
         assert!(!c.due(5, 10), "but never before snapshot_every entries");
 
-        take(&mut c, 10).unwrap();
+        take(&mut c, 10);
         for _ in 0..10 {
             c.applied(24);
         }
@@ -169,17 +198,37 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_serialization_is_reported_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Compactions::default();
+        let failing: Snapshotter = Box::new(|out| {
+            out.write_all(b"half")?;
+            Err(std::io::Error::other("the state machine gave up"))
+        });
+        c.start(1, 1, ConfState::default(), failing, dir.path().into())
+            .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let error = runtime.block_on(c.finished()).unwrap().err().unwrap();
+        assert!(error.contains("the state machine gave up"), "{error}");
+        assert!(!c.running());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
     fn bytes_applied_while_serializing_count_towards_the_next_snapshot() {
         let mut c = Compactions::default();
         c.applied(5_000);
-        c.start(1, 1, ConfState::default(), Box::new(|| vec![0; 100]))
+        let dir = tempfile::tempdir().unwrap();
+        c.start(1, 1, ConfState::default(), zeros(100), dir.path().into())
             .unwrap();
         assert!(!c.due(1_000, 10), "one compaction at a time");
         c.applied(100);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        runtime.block_on(c.finished()).unwrap();
+        runtime.block_on(c.finished()).unwrap().unwrap();
         assert!(
             c.due(10, 10),
             "100 bytes since the start, the snapshot took 100"

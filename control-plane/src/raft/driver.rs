@@ -494,7 +494,7 @@ impl<SM: StateMachine> Driver<SM> {
     fn start_compaction(&mut self) {
         let index = self.applied;
         let store = self.node.store();
-        if index <= store.snapshot_index() || self.compactions.running() {
+        if !store.can_compact_to(index) || self.compactions.running() {
             return;
         }
         let term = match store.term_of(index) {
@@ -509,35 +509,40 @@ impl<SM: StateMachine> Driver<SM> {
         // Conf changes take effect when applied, so this is the membership at `index`.
         let conf_state = self.node.raft.prs().conf().to_conf_state();
         let snapshotter = self.sm.snapshotter();
-        if let Err(e) = self.compactions.start(index, term, conf_state, snapshotter) {
+        let dir = store.dir().to_path_buf();
+        if let Err(e) = self
+            .compactions
+            .start(index, term, conf_state, snapshotter, dir)
+        {
             warn!(error = %e, "could not start a snapshot thread");
             self.compactions
                 .answer(&Err(ProposeError::Storage(e.to_string())));
         }
     }
 
-    /// Stores a serialized snapshot and drops the log up to it. A failure loses nothing (the
-    /// log keeps growing) and is retried after a later batch.
-    fn finish_compaction(&mut self, serialized: Option<Serialized>) {
-        let Some(Serialized {
+    /// Records a snapshot written to its file and drops the log up to it. A failure loses
+    /// nothing (the log keeps growing) and is retried after a later batch.
+    fn finish_compaction(&mut self, serialized: Option<Result<Serialized, String>>) {
+        let Serialized {
             index,
             term,
             conf_state,
-            data,
-        }) = serialized
-        else {
-            let error = ProposeError::Storage("the snapshot thread died".into());
-            warn!(%error, "log compaction failed");
-            self.compactions.answer(&Err(error));
-            return;
+            file,
+        } = match serialized {
+            Some(Ok(serialized)) => serialized,
+            failed => {
+                let reason = failed.and_then(Result::err);
+                let error = ProposeError::Storage(reason.unwrap_or_else(|| "no snapshot".into()));
+                warn!(%error, "log compaction failed");
+                self.compactions.answer(&Err(error));
+                return;
+            }
         };
-        let result = self
-            .node
-            .mut_store()
-            .compact(index, term, conf_state, &data);
+        let bytes = file.size;
+        let result = self.node.mut_store().compact(index, term, conf_state, file);
         match result {
             Ok(()) => {
-                debug!(index, term, bytes = data.len(), "log compacted");
+                debug!(index, term, bytes, "log compacted");
                 let index = self.node.store().snapshot_index();
                 self.compactions.answer(&Ok(index));
             }

@@ -2,7 +2,8 @@
 //! order, to a [`StateMachine`].
 //!
 //! # What it owns
-//! - the raft log, hard state and snapshots on disk (`DATA_DIR/raft.redb`, `storage.rs`);
+//! - the raft log, hard state and snapshots on disk (`DATA_DIR/wal-*.log`, `*.snap` and
+//!   `raft.redb`, `storage.rs`);
 //! - the one driver task that owns raft-rs' `RawNode` and runs its Ready loop (`driver.rs`):
 //!   durability before acknowledgement, group commit, proposal matching, ReadIndex, log
 //!   compaction, membership (conf change) application;
@@ -25,7 +26,9 @@
 //! # Layout
 //! `config.rs` [`RaftConfig`] · `error.rs` errors · `handle.rs` [`RaftHandle`] and status
 //! types · `driver.rs` the Ready loop · `pending.rs` waiting proposals/reads and the entry
-//! envelope · `storage.rs` raft-rs `Storage` on redb · `logger.rs` slog → tracing ·
+//! envelope · `storage.rs` raft-rs `Storage` on the WAL and redb (`storage/snapshot.rs` its
+//! snapshot records) · `wal.rs` the write-ahead log · `snapfile.rs` snapshot files ·
+//! `compaction.rs` snapshots taken off the driver thread · `logger.rs` slog → tracing ·
 //! `progress.rs` [`RaftProgress`], term/leader/indexes readable without a driver round trip.
 
 mod compaction;
@@ -36,9 +39,12 @@ mod handle;
 mod logger;
 mod pending;
 mod progress;
+mod snapfile;
 mod storage;
 mod wal;
 
+#[cfg(test)]
+mod snapfile_tests;
 #[cfg(test)]
 mod storage_tests;
 #[cfg(test)]
@@ -53,12 +59,14 @@ use tracing::Instrument as _;
 
 pub use config::RaftConfig;
 
-/// Serializes a state machine's state as of the moment it was taken; see
-/// [`StateMachine::snapshotter`].
-pub type Snapshotter = Box<dyn FnOnce() -> Vec<u8> + Send + 'static>;
+/// Serializes a state machine's state as of the moment it was taken into the writer it is
+/// given (a buffered snapshot file: no whole-state buffer); see [`StateMachine::snapshotter`].
+/// The bytes written are what [`StateMachine::restore`] receives.
+pub type Snapshotter = Box<dyn FnOnce(&mut SnapshotWriter) -> std::io::Result<()> + Send + 'static>;
 pub use error::{FatalError, ProposeError, RaftError};
 pub use handle::{MemberStatus, MembershipChange, RaftHandle, RaftStatus, Role};
 pub use progress::{ProgressSnapshot, RaftProgress};
+pub use snapfile::SnapshotWriter;
 
 use driver::Driver;
 use handle::Reply;

@@ -1,12 +1,16 @@
 //! The raft state on disk: [`RedbStorage`] implements raft-rs' [`Storage`] over the
-//! write-ahead log (`DATA_DIR/wal-*.log`, see [`super::wal`]) for entries and hard states, and
-//! one redb file (`DATA_DIR/raft.redb`) for what is rare: snapshots, membership, addresses.
+//! write-ahead log (`DATA_DIR/wal-*.log`, see [`super::wal`]) for entries and hard states,
+//! snapshot files (`DATA_DIR/<term>-<index>.snap`, see [`super::snapfile`]) for the state
+//! machine's bytes, and one redb file (`DATA_DIR/raft.redb`) for what is small and rare:
+//! snapshot records, membership, addresses.
 //!
 //! redb tables:
 //! - `raft_state`: `conf_state` → the `ConfState` as last applied, `addresses`, and
 //!   `hard_state` → the `HardState` as of the last snapshot (the WAL's own records are newer);
-//! - `raft_snapshot`: `metadata` → `SnapshotMetadata` (index, term, `ConfState`), `data` → the
-//!   state machine's bytes;
+//! - `raft_snapshot`: `metadata` → `SnapshotMetadata` (index, term, `ConfState`), `file` → the
+//!   snapshot file's record (name, size, CRC-32). Data dirs written before snapshot files hold
+//!   the state machine's bytes under `data` instead; they are read from there until the next
+//!   snapshot, whose transaction removes them;
 //! - `raft_log`: empty; data dirs written before the WAL kept entries here, and opening one
 //!   moves them into the WAL once.
 //!
@@ -14,9 +18,10 @@
 //! and fsynced before `persist` returns; the driver sends no message that depends on them and
 //! acknowledges no proposal before that. A hard state whose only change is the commit index is
 //! appended without a sync (raft-rs: "must_sync" is false): losing it in a crash only makes
-//! raft re-learn the commit index. A snapshot is written to redb (durably) first, then the WAL
-//! restarts from it; a crash in between leaves a WAL whose entries up to the snapshot are
-//! skipped on replay.
+//! raft re-learn the commit index. A snapshot's file is complete and durable before its record
+//! is written to redb (durably), then the WAL restarts from it, then the previous file is
+//! deleted; a crash after the record leaves a WAL whose entries up to the snapshot are skipped
+//! on replay, and one before it a file that the next open deletes.
 //!
 //! The un-compacted log tail is also kept in memory (bounded by compaction), so `entries()` and
 //! `term()` never touch the disk.
@@ -26,7 +31,7 @@
 //! re-applying a conf change on top of its own result would fail for joint changes.
 
 use std::collections::VecDeque;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ::raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use ::raft::{GetEntriesContext, RaftState, Storage, StorageError};
@@ -36,7 +41,10 @@ use redb::{
 };
 
 use super::RaftError;
+use super::snapfile::{self, SnapFile};
 use super::wal::{Record, Wal};
+
+mod snapshot;
 
 /// The file inside the data dir.
 pub(crate) const FILE_NAME: &str = "raft.redb";
@@ -55,11 +63,19 @@ const CONF_STATE: &str = "conf_state";
 /// JSON map of member id → peer address, as learned from conf changes.
 const ADDRESSES: &str = "addresses";
 const SNAPSHOT_META: &str = "metadata";
+/// The snapshot file's [`SnapFile`] record.
+const SNAPSHOT_FILE: &str = "file";
+/// The state machine's bytes, in data dirs from before snapshot files.
 const SNAPSHOT_DATA: &str = "data";
+/// A redb file larger than this once the bytes of a pre-file snapshot left it is compacted on
+/// open: what stays in redb is a few kilobytes.
+const REDB_COMPACT_BYTES: u64 = 8 * 1024 * 1024;
 
 /// raft-rs' `Storage` over the WAL and redb, with the log tail cached in memory.
 pub(crate) struct RedbStorage {
     db: Database,
+    /// The data dir, where the snapshot files are.
+    dir: PathBuf,
     wal: Wal,
     hard_state: HardState,
     /// The hard state changed (commit index only) since it was last written.
@@ -69,6 +85,12 @@ pub(crate) struct RedbStorage {
     /// The last snapshot: the log is compacted up to and including `snapshot.index`. On a fresh
     /// data dir it is the bootstrap membership at index 0, with no data.
     snapshot: SnapshotMetadata,
+    /// The last snapshot's file; `None` at index 0 and in a data dir from before snapshot files
+    /// (whose bytes are in redb).
+    snap_file: Option<SnapFile>,
+    /// The last snapshot's file failed its check when read: the next compaction may rewrite
+    /// it at the same index.
+    snapshot_damaged: std::cell::Cell<bool>,
     /// Entries `snapshot.index + 1 ..= last_index()`, contiguous.
     entries: VecDeque<Entry>,
     /// raft asked for a snapshot newer than the stored one (see `Storage::snapshot`).
@@ -84,7 +106,7 @@ impl RedbStorage {
             path: dir.to_path_buf(),
             source,
         })?;
-        let db = redb::Builder::new()
+        let mut db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .create(dir.join(FILE_NAME))
             .map_err(RaftError::storage("open"))?;
@@ -114,6 +136,17 @@ impl RedbStorage {
         let mut hard_state: HardState = get_message(&state, HARD_STATE)?.unwrap_or_default();
         let applied_conf: Option<ConfState> = get_message(&state, CONF_STATE)?;
         let stored_snapshot: Option<SnapshotMetadata> = get_message(&snap, SNAPSHOT_META)?;
+        let snap_file = match snap
+            .get(SNAPSHOT_FILE)
+            .map_err(RaftError::storage("read snapshot"))?
+        {
+            Some(value) => Some(SnapFile::decode(value.value())?),
+            None => None,
+        };
+        let legacy_data = snap
+            .get(SNAPSHOT_DATA)
+            .map_err(RaftError::storage("read snapshot"))?
+            .is_some();
         let (snapshot, bootstrap) = match stored_snapshot {
             Some(meta) => (meta, false),
             None => {
@@ -146,6 +179,14 @@ impl RedbStorage {
         }
         drop((state, snap, log, read));
 
+        if let Some(file) = &snap_file {
+            snapfile::check(dir, file)?;
+        }
+        snapfile::clean(dir, snap_file.as_ref().map(|f| f.name.as_str()))?;
+        if !legacy_data && redb_bytes(dir) > REDB_COMPACT_BYTES {
+            db.compact().map_err(RaftError::storage("compact"))?;
+        }
+
         let (mut wal, records) = Wal::open(dir)?;
         let legacy_log = !entries.is_empty();
         if let Some(records) = records {
@@ -174,11 +215,14 @@ impl RedbStorage {
 
         let mut storage = Self {
             db,
+            dir: dir.to_path_buf(),
             wal,
             hard_state: HardState::default(),
             hard_state_dirty: false,
             conf_state: applied_conf.unwrap_or_else(|| snapshot.get_conf_state().clone()),
             snapshot,
+            snap_file,
+            snapshot_damaged: std::cell::Cell::new(false),
             entries,
             snapshot_wanted: std::cell::Cell::new(false),
         };
@@ -327,83 +371,6 @@ impl RedbStorage {
         Ok(())
     }
 
-    /// Stores a snapshot of the state machine taken at `index` (which must be applied, hence
-    /// in the log) and drops the log up to it, in one durable transaction.
-    pub(crate) fn compact(
-        &mut self,
-        index: u64,
-        term: u64,
-        conf_state: ConfState,
-        data: &[u8],
-    ) -> Result<(), RaftError> {
-        if index <= self.snapshot.index {
-            return Ok(());
-        }
-        if index > self.last_index() {
-            return Err(RaftError::Corrupt(format!(
-                "cannot compact to {index}: the log ends at {}",
-                self.last_index()
-            )));
-        }
-        let mut meta = SnapshotMetadata {
-            index,
-            term,
-            ..Default::default()
-        };
-        meta.set_conf_state(conf_state);
-        self.hard_state.commit = self.hard_state.commit.max(index);
-        self.write_snapshot(&meta, data)?;
-        let drop_count = usize::try_from(index - self.snapshot.index)
-            .expect("invariant: the in-memory log tail fits in memory");
-        self.entries.drain(..drop_count);
-        self.snapshot = meta;
-        self.wal
-            .restart(self.entries.make_contiguous(), &self.hard_state)
-    }
-
-    /// Installs a snapshot received from the leader: it replaces the whole log.
-    pub(crate) fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), RaftError> {
-        let meta = snapshot.get_metadata();
-        if meta.index <= self.snapshot.index {
-            return Err(::raft::Error::Store(StorageError::SnapshotOutOfDate).into());
-        }
-        self.hard_state.term = self.hard_state.term.max(meta.term);
-        self.hard_state.commit = meta.index;
-        self.write_snapshot(meta, &snapshot.data)?;
-        self.entries.clear();
-        self.snapshot = meta.clone();
-        self.conf_state = meta.get_conf_state().clone();
-        self.wal.restart(&[], &self.hard_state)
-    }
-
-    /// One durable redb transaction: snapshot metadata and data, hard state, applied conf
-    /// state. The caller then restarts the WAL from it.
-    fn write_snapshot(&mut self, meta: &SnapshotMetadata, data: &[u8]) -> Result<(), RaftError> {
-        let meta_bytes = meta.write_to_bytes()?;
-        let conf_bytes = meta.get_conf_state().write_to_bytes()?;
-        let txn = self.db.begin_write().map_err(RaftError::storage("begin"))?;
-        {
-            let mut snap = txn
-                .open_table(SNAPSHOT)
-                .map_err(RaftError::storage("open snapshot"))?;
-            snap.insert(SNAPSHOT_META, meta_bytes.as_slice())
-                .map_err(RaftError::storage("write snapshot"))?;
-            snap.insert(SNAPSHOT_DATA, data)
-                .map_err(RaftError::storage("write snapshot"))?;
-            self.write_hard_state(&txn)?;
-            let mut state = txn
-                .open_table(STATE)
-                .map_err(RaftError::storage("open state"))?;
-            state
-                .insert(CONF_STATE, conf_bytes.as_slice())
-                .map_err(RaftError::storage("write conf state"))?;
-        }
-        txn.commit()
-            .map_err(RaftError::storage("commit snapshot"))?;
-        self.hard_state_dirty = false;
-        Ok(())
-    }
-
     /// Makes everything written so far durable (graceful shutdown).
     pub(crate) fn flush(&mut self) -> Result<(), RaftError> {
         if self.hard_state_dirty {
@@ -424,23 +391,6 @@ impl RedbStorage {
         Ok(())
     }
 
-    /// The state machine bytes of the last snapshot (empty before the first one).
-    pub(crate) fn snapshot_data(&self) -> Result<Vec<u8>, RaftError> {
-        let read = self
-            .db
-            .begin_read()
-            .map_err(RaftError::storage("begin read"))?;
-        let snap = read
-            .open_table(SNAPSHOT)
-            .map_err(RaftError::storage("open snapshot"))?;
-        let data = snap
-            .get(SNAPSHOT_DATA)
-            .map_err(RaftError::storage("read snapshot"))?
-            .map(|value| value.value().to_vec())
-            .unwrap_or_default();
-        Ok(data)
-    }
-
     /// The hard state as last recorded.
     #[cfg(test)]
     pub(crate) fn hard_state(&self) -> &HardState {
@@ -456,6 +406,11 @@ impl RedbStorage {
     /// Index of the last snapshot (0 before the first).
     pub(crate) fn snapshot_index(&self) -> u64 {
         self.snapshot.index
+    }
+
+    /// The data dir, where snapshot files are written.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Entries in the in-memory log tail.
@@ -580,14 +535,31 @@ impl Storage for RedbStorage {
             self.snapshot_wanted.set(true);
             return Err(StorageError::SnapshotTemporarilyUnavailable.into());
         }
-        let data = self
-            .snapshot_data()
-            .map_err(|e| ::raft::Error::Store(StorageError::Other(Box::new(e))))?;
+        let was_damaged = self.snapshot_damaged.get();
+        let data = match self.snapshot_data() {
+            Ok(data) => data,
+            Err(e) => {
+                // raft-rs panics on any other error here. A damaged file is replaced by the
+                // next snapshot, which is asked for now (see `can_compact_to`).
+                if was_damaged {
+                    tracing::debug!(error = %e, to, "cannot send the snapshot");
+                } else {
+                    tracing::error!(error = %e, to, "cannot send the snapshot");
+                }
+                self.snapshot_wanted.set(true);
+                return Err(StorageError::SnapshotTemporarilyUnavailable.into());
+            }
+        };
         let mut snapshot = Snapshot::default();
         snapshot.set_metadata(self.snapshot.clone());
         snapshot.data = data.into();
         Ok(snapshot)
     }
+}
+
+/// The size of the redb file in `dir` (0 if unknown).
+fn redb_bytes(dir: &Path) -> u64 {
+    std::fs::metadata(dir.join(FILE_NAME)).map_or(0, |m| m.len())
 }
 
 /// Reads one protobuf message stored under `key`.

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::io::Write as _;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -60,7 +61,10 @@ impl StateMachine for AppendLog {
 
     fn snapshotter(&self) -> super::Snapshotter {
         let values = self.values.clone();
-        Box::new(move || values.iter().flat_map(|v| v.to_be_bytes()).collect())
+        Box::new(move |out| {
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
+            out.write_all(&bytes)
+        })
     }
 
     fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), FatalError> {
