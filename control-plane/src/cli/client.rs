@@ -94,6 +94,8 @@ impl Target {
             "transport error",
             "operation was canceled",
             "connection reset",
+            // A plain-text HTTP/2 client reads a TLS server's alert as a malformed frame.
+            "h2 protocol error",
         ]
         .iter()
         .any(|m| error.contains(m));
@@ -801,4 +803,39 @@ pub(super) fn instance_json(i: &pb::Instance) -> Value {
         "attributes": i.attributes, "health": health_word(i.health),
         "create_revision": i.create_revision, "mod_revision": i.mod_revision,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plain_target() -> Target {
+        Target {
+            addr: "http://127.0.0.1:1".into(),
+            bearer: Bearer::new(None).expect("no token is valid"),
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn a_broken_plain_text_connection_gets_the_tls_hint() {
+        let target = plain_target();
+        for error in [
+            "cannot reach meridian at http://127.0.0.1:1: transport error",
+            "status: Unknown, message: \"h2 protocol error: http2 error\"",
+            "connection reset by peer",
+        ] {
+            let explained = target.explain(error.to_owned());
+            assert!(
+                explained.starts_with(error) && explained.contains("give --tls-ca"),
+                "{explained}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_answer_from_the_node_is_left_as_it_is() {
+        let error = "status: NotFound, message: \"service orders.cafe.local\"";
+        assert_eq!(plain_target().explain(error.to_owned()), error);
+    }
 }
