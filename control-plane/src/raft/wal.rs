@@ -47,6 +47,9 @@ pub(crate) const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 pub(crate) const FIRST_SEGMENT_BYTES: u64 = 256 * 1024;
 
 const HEADER: usize = 9;
+/// A batch buffer larger than this (a burst of large entries) is dropped after use rather than
+/// kept for the next batch.
+const MAX_KEPT_BUFFER: usize = 1 << 20;
 const KIND_ENTRIES: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
 
@@ -63,6 +66,9 @@ pub(crate) struct Wal {
     /// half full (etcd's "file pipeline"): taking a new segment is then a rename, not
     /// megabytes of writes on the Raft thread.
     spare: Option<Spare>,
+    /// The record being written, reused from batch to batch: a fresh buffer per batch showed
+    /// as page clearing on the Raft threads (~5 % of the core under 64 writers).
+    buf: Vec<u8>,
 }
 
 /// A segment being prepared.
@@ -131,6 +137,7 @@ impl Wal {
             offset: end as u64,
             capacity,
             spare: None,
+            buf: Vec::new(),
         };
         Ok((wal, Some(records)))
     }
@@ -143,7 +150,28 @@ impl Wal {
         hard_state: Option<&HardState>,
         sync: bool,
     ) -> Result<(), RaftError> {
-        let bytes = encode(entries, hard_state)?;
+        let mut bytes = std::mem::take(&mut self.buf);
+        bytes.clear();
+        let written = encode(&mut bytes, entries, hard_state).and_then(|()| self.write(&bytes));
+        let empty = bytes.is_empty();
+        if bytes.capacity() <= MAX_KEPT_BUFFER {
+            self.buf = bytes;
+        }
+        written?;
+        if empty {
+            return Ok(());
+        }
+        if self.spare.is_none() && self.offset > self.capacity / 2 {
+            self.prepare_spare()?;
+        }
+        if sync {
+            self.file.sync_data().map_err(io("sync the WAL"))?;
+        }
+        Ok(())
+    }
+
+    /// Writes one encoded batch at the end of the log (no sync).
+    fn write(&mut self, bytes: &[u8]) -> Result<(), RaftError> {
         if bytes.is_empty() {
             return Ok(());
         }
@@ -153,15 +181,9 @@ impl Wal {
             self.advance(needed)?;
         }
         self.file
-            .write_all_at(&bytes, self.offset)
+            .write_all_at(bytes, self.offset)
             .map_err(io("append to the WAL"))?;
         self.offset += bytes.len() as u64;
-        if self.spare.is_none() && self.offset > self.capacity / 2 {
-            self.prepare_spare()?;
-        }
-        if sync {
-            self.file.sync_data().map_err(io("sync the WAL"))?;
-        }
         Ok(())
     }
 
@@ -177,7 +199,8 @@ impl Wal {
         entries: &[Entry],
         hard_state: &HardState,
     ) -> Result<(), RaftError> {
-        let bytes = encode(entries, Some(hard_state))?;
+        let mut bytes = Vec::new();
+        encode(&mut bytes, entries, Some(hard_state))?;
         self.advance(bytes.len() as u64 + 4)?;
         self.append(entries, Some(hard_state), true)?;
         for seq in segments(&self.dir)? {
@@ -275,6 +298,7 @@ impl Wal {
             offset: 0,
             capacity,
             spare: None,
+            buf: Vec::new(),
         })
     }
 }
@@ -301,31 +325,49 @@ fn zero_file(path: &Path, capacity: u64) -> std::io::Result<()> {
 }
 
 /// Encodes the records for `entries` and `hard_state`.
-fn encode(entries: &[Entry], hard_state: Option<&HardState>) -> Result<Vec<u8>, RaftError> {
-    let mut out = Vec::new();
+/// Appends the records for `entries` (if any) and `hard_state` (if given) to `out`, each
+/// serialized in place: no buffer per entry or per record.
+fn encode(
+    out: &mut Vec<u8>,
+    entries: &[Entry],
+    hard_state: Option<&HardState>,
+) -> Result<(), RaftError> {
     if !entries.is_empty() {
-        let mut payload = Vec::with_capacity(entries.len() * 256);
+        let start = begin_record(out, KIND_ENTRIES);
         for entry in entries {
-            let bytes = entry.write_to_bytes()?;
-            payload.extend_from_slice(&len32(bytes.len())?.to_le_bytes());
-            payload.extend_from_slice(&bytes);
+            let at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            entry.write_to_vec(out)?;
+            let len = len32(out.len() - at - 4)?;
+            out[at..at + 4].copy_from_slice(&len.to_le_bytes());
         }
-        frame(&mut out, KIND_ENTRIES, &payload)?;
+        end_record(out, start)?;
     }
     if let Some(hs) = hard_state {
-        frame(&mut out, KIND_HARD_STATE, &hs.write_to_bytes()?)?;
+        let start = begin_record(out, KIND_HARD_STATE);
+        hs.write_to_vec(out)?;
+        end_record(out, start)?;
     }
-    Ok(out)
+    Ok(())
 }
 
-fn frame(out: &mut Vec<u8>, kind: u8, payload: &[u8]) -> Result<(), RaftError> {
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&[kind]);
-    hasher.update(payload);
-    out.extend_from_slice(&len32(payload.len() + 1)?.to_le_bytes());
-    out.extend_from_slice(&hasher.finalize().to_le_bytes());
+/// Writes a record header with its length and checksum left blank, and the kind; returns
+/// where the record starts. The payload follows; [`end_record`] fills the blanks.
+fn begin_record(out: &mut Vec<u8>, kind: u8) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; 8]);
     out.push(kind);
-    out.extend_from_slice(payload);
+    start
+}
+
+/// Fills in the length and checksum of the record that starts at `start` and runs to the end
+/// of `out`: `len` counts `kind ++ payload`, the CRC covers the same bytes.
+fn end_record(out: &mut [u8], start: usize) -> Result<(), RaftError> {
+    let body = &out[start + 8..];
+    let len = len32(body.len())?;
+    let crc = crc32fast::hash(body);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     Ok(())
 }
 
