@@ -23,7 +23,7 @@ use crate::body::{Body, Tracked, empty, full};
 use crate::config::{Protocol, Rule};
 use crate::error::RequestError;
 use crate::h1::{self, Outbound, Outgoing};
-use crate::headers::{prepare_headers, strip_hop_by_hop};
+use crate::headers::{Peer, prepare_headers, strip_hop_by_hop};
 use crate::outlier::{self, TryResult};
 use crate::pool::{CONNECT_TIMEOUT, Connector, POOL_IDLE, SendError};
 use crate::retry::{self, Attempt};
@@ -49,7 +49,9 @@ pub(crate) struct Plan<'a> {
     pub(crate) rule: &'a Rule,
     pub(crate) subset: &'a SubsetTable,
     pub(crate) hash: Option<u64>,
-    pub(crate) client: SocketAddr,
+    pub(crate) client: &'a Peer,
+    /// When the request arrived: the rule's timeout counts from here.
+    pub(crate) started: Instant,
 }
 
 /// What the tries of one request did, for its span: written by [`Upstream::forward`] as it
@@ -60,6 +62,8 @@ pub(crate) struct Tries {
     pub(crate) endpoint: Option<SocketAddr>,
     /// Tries after the first.
     pub(crate) retries: u32,
+    /// When the last try ended (its response head arrived, or it failed).
+    pub(crate) ended: Option<Instant>,
 }
 
 // === impl Upstream ===
@@ -114,7 +118,10 @@ impl Upstream {
             self.tries(plan, &mut parts, replay, report).await
         };
         let timeout = plan.rule.timeout;
-        match tokio::time::timeout(timeout, whole).await {
+        // From the arrival instant the handler already read (one clock read fewer per request;
+        // a rule's timeout is at most an hour, so the sum cannot overflow).
+        let deadline = tokio::time::Instant::from_std(plan.started + timeout);
+        match tokio::time::timeout_at(deadline, whole).await {
             Ok(result) => result,
             Err(_) => Err(RequestError::Timeout {
                 service: plan.service.state.name.clone(),
@@ -209,6 +216,7 @@ impl Upstream {
             };
             let (attempt, outcome, failure) = classify(result);
             let now = Instant::now();
+            report.ended = Some(now);
             endpoint.observe(now.saturating_duration_since(sent), now);
             let verdict = if attempt.is_failure() {
                 TryResult::Failure
@@ -240,7 +248,7 @@ impl Upstream {
                 continue;
             }
             return match outcome {
-                Some(answer) => Ok(finish(answer, in_flight)),
+                Some(answer) => Ok(finish(answer, in_flight, now)),
                 None => Err(match attempt {
                     Attempt::ConnectFailure => RequestError::ConnectFailure {
                         service: service.clone(),
@@ -340,10 +348,10 @@ fn h2c_request(
 /// The upstream response, hop-by-hop headers out, its body carrying the in-flight guard so the
 /// endpoint counts the request until the body is finished or dropped; an HTTP/1.1 body owns
 /// its connection, which goes back to the pool once the body is complete.
-fn finish(answer: Answer, in_flight: crate::balance::InFlight) -> Response<Body> {
+fn finish(answer: Answer, in_flight: crate::balance::InFlight, now: Instant) -> Response<Body> {
     match answer {
         Answer::Http1(head, conn) => {
-            let body = h1::UpstreamBody::new(&head, conn, in_flight);
+            let body = h1::UpstreamBody::new(&head, conn, in_flight, now);
             let mut response = Response::new(body.map_err(Into::into).boxed());
             *response.status_mut() = head.status;
             *response.version_mut() = head.version;

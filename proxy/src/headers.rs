@@ -10,7 +10,7 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 
-use bytes::{BufMut as _, BytesMut};
+use bytes::{BufMut as _, Bytes, BytesMut};
 use http::Uri;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -77,23 +77,45 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// The client end of a downstream connection, with its `X-Forwarded-For` entry formatted once
+/// per connection rather than per request.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    pub(crate) addr: SocketAddr,
+    /// The client's IP address as a header value (cloning it shares its bytes).
+    forwarded_for: HeaderValue,
+}
+
+// === impl Peer ===
+
+impl Peer {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
+        // An IPv6 address takes at most 45 characters.
+        let mut ip = [0u8; 48];
+        let ip_len = {
+            let mut cursor = std::io::Cursor::new(&mut ip[..]);
+            let _ = write!(cursor, "{}", addr.ip());
+            usize::try_from(cursor.position()).unwrap_or(0)
+        };
+        let forwarded_for = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&ip[..ip_len]))
+            .expect("invariant: an IP address is a valid header value");
+        Self {
+            addr,
+            forwarded_for,
+        }
+    }
+}
+
 /// Hop-by-hop headers out; `Host` set from the request's authority (an HTTP/2 request carries
 /// it only in `:authority`); the client's address appended to `X-Forwarded-For`.
-pub(crate) fn prepare_headers(headers: &mut HeaderMap, uri: &Uri, client: SocketAddr) {
+pub(crate) fn prepare_headers(headers: &mut HeaderMap, uri: &Uri, client: &Peer) {
     strip_hop_by_hop(headers);
     if let Some(authority) = uri.authority()
         && let Ok(value) = HeaderValue::from_str(authority.as_str())
     {
         headers.insert(header::HOST, value);
     }
-    // An IPv6 address takes at most 45 characters.
-    let mut ip = [0u8; 48];
-    let ip_len = {
-        let mut cursor = std::io::Cursor::new(&mut ip[..]);
-        let _ = write!(cursor, "{}", client.ip());
-        usize::try_from(cursor.position()).unwrap_or(0)
-    };
-    let ip = &ip[..ip_len];
+    let ip = client.forwarded_for.as_bytes();
     let forwarded = match headers.get(&X_FORWARDED_FOR) {
         Some(previous) => {
             let mut joined = BytesMut::with_capacity(previous.len() + 2 + ip.len());
@@ -102,7 +124,7 @@ pub(crate) fn prepare_headers(headers: &mut HeaderMap, uri: &Uri, client: Socket
             joined.put_slice(ip);
             HeaderValue::from_maybe_shared(joined.freeze())
         }
-        None => HeaderValue::from_bytes(ip),
+        None => Ok(client.forwarded_for.clone()),
     };
     if let Ok(value) = forwarded {
         headers.insert(X_FORWARDED_FOR.clone(), value);
@@ -127,7 +149,7 @@ mod tests {
         prepare_headers(
             &mut h,
             &"http://orders.cafe.local:15001/x".parse().unwrap(),
-            "10.0.0.9:5555".parse().unwrap(),
+            &Peer::new("10.0.0.9:5555".parse().unwrap()),
         );
         assert!(
             h.get(header::CONNECTION).is_none()
@@ -152,7 +174,7 @@ mod tests {
         prepare_headers(
             &mut h,
             &"/x".parse().unwrap(),
-            "[2001:db8::7]:5555".parse().unwrap(),
+            &Peer::new("[2001:db8::7]:5555".parse().unwrap()),
         );
         assert_eq!(h["x-forwarded-for"], "192.0.2.1, 2001:db8::7");
         assert!(h.get(header::TE).is_none() && h.get(header::TRANSFER_ENCODING).is_none());

@@ -73,11 +73,9 @@ impl Http1Pool {
         }
     }
 
-    pub(crate) fn put(&self, conn: Conn) {
-        lock(&self.idle).push(Idle {
-            conn,
-            since: Instant::now(),
-        });
+    /// Keeps `conn`, idle since `since`.
+    pub(crate) fn put(&self, conn: Conn, since: Instant) {
+        lock(&self.idle).push(Idle { conn, since });
     }
 
     /// Closes connections idle since before `cutoff`.
@@ -280,7 +278,7 @@ mod tests {
     /// One request through the pool, its body read to the end.
     async fn round_trip(connector: &Connector, endpoint: &Arc<Endpoint>, path: &str) -> Bytes {
         let (head, conn) = get(connector, endpoint, path).await.unwrap();
-        let body = UpstreamBody::new(&head, conn, endpoint.start());
+        let body = UpstreamBody::new(&head, conn, endpoint.start(), Instant::now());
         body.collect().await.unwrap().to_bytes()
     }
 
@@ -318,7 +316,7 @@ mod tests {
         let endpoint = http1_endpoint(addr);
         let connector = Connector::new();
         let (head, conn) = get(&connector, &endpoint, "/big").await.unwrap();
-        let body = UpstreamBody::new(&head, conn, endpoint.start());
+        let body = UpstreamBody::new(&head, conn, endpoint.start(), Instant::now());
         assert_eq!(endpoint.in_flight(), 1);
         drop(body);
         assert_eq!(endpoint.in_flight(), 0);

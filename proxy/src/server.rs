@@ -5,7 +5,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,10 +20,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::Body;
+use crate::headers::Peer;
 
-/// A request handler: the request and the client's address in, a response out.
+/// A request handler: the request and the client in, a response out.
 pub(crate) type HandlerFn = Arc<
-    dyn Fn(Request<Incoming>, SocketAddr) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>>
+    dyn Fn(Request<Incoming>, Peer) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>>
         + Send
         + Sync,
 >;
@@ -73,8 +73,9 @@ pub(crate) async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let handler = Arc::clone(&handler);
+                let peer = Peer::new(remote);
                 let service = service_fn(move |req| {
-                    let response = handler(req, remote);
+                    let response = handler(req, peer.clone());
                     async move { Ok::<_, Infallible>(response.await) }
                 });
                 let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();

@@ -91,9 +91,10 @@ impl Pool {
         None
     }
 
-    /// The common case without a scan: P2C draws its two endpoints from the whole subset and
-    /// keeps them if both are eligible; round robin walks on from its counter to the next
-    /// eligible one. `None` sends the caller to the filtering steps.
+    /// The common case without a scan (nor an allocation): P2C draws its two endpoints from the
+    /// whole subset and keeps them if both are eligible (the only one, in a subset of one);
+    /// round robin walks on from its counter to the next eligible one. `None` sends the caller
+    /// to the filtering steps.
     fn sample(
         &self,
         eligible: &dyn Fn(&Endpoint) -> bool,
@@ -102,6 +103,11 @@ impl Pool {
     ) -> Option<Arc<Endpoint>> {
         let n = self.endpoints.len();
         match self.policy {
+            // A subset of one (a canary, a small service): nothing to compare.
+            LoadBalancer::P2cEwma | LoadBalancer::LeastRequest if n == 1 => {
+                let only = &self.endpoints[0];
+                eligible(only).then(|| Arc::clone(only))
+            }
             LoadBalancer::P2cEwma | LoadBalancer::LeastRequest if n >= 2 => {
                 let (a, b) = two_indices(n, rng);
                 let pair = [&self.endpoints[a], &self.endpoints[b]];

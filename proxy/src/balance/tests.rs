@@ -211,3 +211,36 @@ fn an_empty_pool_picks_nothing() {
             .is_none()
     );
 }
+
+#[test]
+fn a_pool_of_one_picks_it_even_when_tried_or_ejected() {
+    let now = Instant::now();
+    let eps = endpoints(1, now);
+    let policy = OutlierPolicy {
+        consecutive_failures: 1,
+        base_ejection: Duration::from_secs(30),
+        max_ejection_percent: 100,
+    };
+    for lb in [
+        LoadBalancer::P2cEwma,
+        LoadBalancer::RoundRobin,
+        LoadBalancer::LeastRequest,
+    ] {
+        let pool = Pool::new(lb, eps.clone());
+        let mut rng = fastrand::Rng::with_seed(10);
+        assert_eq!(pool.pick(&ctx(now), &mut rng).unwrap().id, "i-0");
+        // Tried already (a retry): it is still the only place to go.
+        let c = PickContext {
+            hash: None,
+            tried: &eps,
+            now,
+        };
+        assert_eq!(pool.pick(&c, &mut rng).unwrap().id, "i-0");
+    }
+    // Ejected too (panic mode): still picked rather than refusing the request.
+    outlier::record(Some(&policy), &eps, &eps[0], TryResult::Failure, now);
+    assert!(eps[0].is_ejected(now));
+    let pool = Pool::new(LoadBalancer::P2cEwma, eps.clone());
+    let mut rng = fastrand::Rng::with_seed(11);
+    assert_eq!(pool.pick(&ctx(now), &mut rng).unwrap().id, "i-0");
+}

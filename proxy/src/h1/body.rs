@@ -4,6 +4,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
@@ -28,7 +29,9 @@ pub(crate) struct UpstreamBody {
 // === impl UpstreamBody ===
 
 impl UpstreamBody {
-    pub(crate) fn new(head: &Head, conn: Conn, in_flight: InFlight) -> Self {
+    /// `arrived`: when the head was read; a connection freed at once goes back to the pool
+    /// idle since then (no clock read of its own).
+    pub(crate) fn new(head: &Head, conn: Conn, in_flight: InFlight, arrived: Instant) -> Self {
         let mut body = Self {
             conn: Some(conn),
             decoder: BodyDecoder::new(head.framing),
@@ -38,14 +41,14 @@ impl UpstreamBody {
         };
         match body.decoder.remaining() {
             // No body (HEAD, 204, 304, length 0): the connection is free now.
-            Some(0) => body.release(),
+            Some(0) => body.release(arrived),
             // All of it already read with the head: take it and free the connection too.
             Some(n) if body.buffered() >= n => {
                 if let Some(conn) = body.conn.as_mut()
                     && let Ok(Decoded::Data(data)) = body.decoder.decode(&mut conn.read)
                 {
                     body.ready = Some(data);
-                    body.release();
+                    body.release(arrived);
                 }
             }
             _ => {}
@@ -57,13 +60,14 @@ impl UpstreamBody {
         self.conn.as_ref().map_or(0, |c| c.read.len() as u64)
     }
 
-    /// The body is complete: its connection goes back to the pool if nothing odd was seen.
-    fn release(&mut self) {
+    /// The body is complete (at `now`): its connection goes back to the pool if nothing odd
+    /// was seen.
+    fn release(&mut self, now: Instant) {
         if let Some(conn) = self.conn.take()
             && self.reusable
             && conn.read.is_empty()
         {
-            self.in_flight.endpoint().http1_pool().put(conn);
+            self.in_flight.endpoint().http1_pool().put(conn, now);
         }
     }
 
@@ -109,8 +113,8 @@ impl hyper::body::Body for UpstreamBody {
                 return Poll::Ready(Some(Err(e)));
             }
         };
-        if this.decoder.is_done() {
-            this.release();
+        if this.decoder.is_done() && this.conn.is_some() {
+            this.release(Instant::now());
         }
         Poll::Ready(frame)
     }

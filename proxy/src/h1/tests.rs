@@ -283,7 +283,7 @@ async fn get(
     let (head, conn) = connector
         .send(endpoint, request, Outgoing::Buffered(Bytes::new()))
         .await?;
-    let body = UpstreamBody::new(&head, conn, endpoint.start());
+    let body = UpstreamBody::new(&head, conn, endpoint.start(), Instant::now());
     Ok((head.status, body.collect().await.unwrap().to_bytes()))
 }
 
@@ -357,7 +357,7 @@ async fn a_broken_response_is_an_error_and_its_connection_dropped() {
         .send(&endpoint, request, Outgoing::Buffered(Bytes::new()))
         .await
         .unwrap();
-    let body = UpstreamBody::new(&head, conn, endpoint.start());
+    let body = UpstreamBody::new(&head, conn, endpoint.start(), Instant::now());
     assert!(body.collect().await.is_err());
     assert_eq!(endpoint.http1_pool().idle(), 0);
     assert_eq!(endpoint.in_flight(), 0);
@@ -418,7 +418,7 @@ async fn a_streamed_request_body_is_sent_chunked() {
                     .send(&endpoint, request, Outgoing::Streamed(body))
                     .await
                     .unwrap();
-                let body = UpstreamBody::new(&head, conn, endpoint.start());
+                let body = UpstreamBody::new(&head, conn, endpoint.start(), Instant::now());
                 Ok::<_, Infallible>(Response::new(body))
             }
         });
