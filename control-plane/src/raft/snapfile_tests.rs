@@ -4,21 +4,12 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use ::raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use ::raft::eraftpb::{ConfState, HardState, Snapshot, SnapshotMetadata};
 use ::raft::{Storage as _, StorageError};
 
-use super::pending;
 use super::snapfile::{self, SnapFile};
 use super::storage::{FILE_NAME, RedbStorage};
-
-fn entry(index: u64, term: u64) -> Entry {
-    Entry {
-        index,
-        term,
-        data: pending::encode(1, index, &index.to_be_bytes()).into(),
-        ..Default::default()
-    }
-}
+use super::storage_tests::entry;
 
 fn voters(ids: &[u64]) -> ConfState {
     ConfState {

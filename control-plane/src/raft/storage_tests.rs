@@ -7,7 +7,9 @@ use ::raft::{GetEntriesContext, Storage as _};
 use super::pending;
 use super::storage::RedbStorage;
 
-fn entry(index: u64, term: u64) -> Entry {
+/// An entry at `index` of `term` whose command is the index itself (shared with the
+/// snapshot-file tests).
+pub(super) fn entry(index: u64, term: u64) -> Entry {
     Entry {
         index,
         term,
