@@ -324,9 +324,24 @@ async fn lagging_follower_catches_up_by_snapshot() {
         cluster.agreed_leader(&others)
     })
     .await;
+    // 30 attributes of 250 bytes each (~8 KB an instance): the leader's snapshots double in
+    // size (the byte rule), the one at ~160 instances is ~1.3 MB, larger than one peer frame
+    // (1 MiB), so it crosses as several frames and is reassembled.
+    let bulky = |id: String| {
+        let mut request = registration(&id);
+        request.attributes = (0..30)
+            .map(|k| {
+                (
+                    format!("k{k}"),
+                    format!("{id}-{k}-").repeat(40)[..250].to_owned(),
+                )
+            })
+            .collect();
+        request
+    };
     let mut r = cluster.registry(leader);
-    for i in 0..100 {
-        r.register_instance(registration(&format!("i-{i}")))
+    for i in 0..240 {
+        r.register_instance(bulky(format!("i-{i:03}")))
             .await
             .unwrap();
     }
@@ -337,13 +352,36 @@ async fn lagging_follower_catches_up_by_snapshot() {
     );
     cluster.heal();
     let (ids, _) = converged(&cluster, &cluster.ids()).await;
-    assert_eq!(ids.len(), 100);
+    assert_eq!(ids.len(), 240);
     assert!(
         cluster
             .log(lagging)
             .contains("installing a snapshot from the leader"),
         "node {lagging} should have caught up from a snapshot"
     );
+    assert!(
+        cluster
+            .log(lagging)
+            .contains("reassembled a large raft message"),
+        "node {lagging} should have received its snapshot in several frames"
+    );
+    let listed = cluster
+        .registry(lagging)
+        .list_instances(pb::ListInstancesRequest {
+            service: "orders.cafe.local".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for instance in listed.instances {
+        assert_eq!(
+            instance.attributes,
+            bulky(instance.id.clone()).attributes,
+            "instance {} arrived whole",
+            instance.id
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -89,6 +89,7 @@ fn forged_vote(from: u64, to: u64) -> pb::RaftFrame {
     pb::RaftFrame {
         data: msg.write_to_bytes().unwrap(),
         more: false,
+        total: 0,
     }
 }
 

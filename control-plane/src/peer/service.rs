@@ -82,6 +82,7 @@ impl<O: Send + 'static> Peer for PeerService<O> {
         };
         let mut frames = request.into_inner();
         let mut pending: Vec<u8> = Vec::new();
+        let mut pending_frames = 0usize;
         let mut messages = 0u64;
         loop {
             let frame = tokio::select! {
@@ -97,17 +98,36 @@ impl<O: Send + 'static> Peer for PeerService<O> {
                 return Err(Status::resource_exhausted("raft message too large"));
             }
             if frame.more {
+                if pending.is_empty() {
+                    // A snapshot of tens of MiB: hold it once at its size rather than
+                    // doubling a buffer (and copying it) frame by frame.
+                    let total = usize::try_from(frame.total).unwrap_or(usize::MAX);
+                    if total > MAX_MESSAGE_BYTES {
+                        return Err(Status::resource_exhausted("raft message too large"));
+                    }
+                    pending.reserve_exact(total.max(frame.data.len()));
+                }
                 pending.extend_from_slice(&frame.data);
+                pending_frames += 1;
                 continue;
             }
             let bytes = if pending.is_empty() {
                 frame.data
             } else {
                 pending.extend_from_slice(&frame.data);
+                tracing::info!(
+                    bytes = pending.len(),
+                    frames = pending_frames + 1,
+                    "reassembled a large raft message"
+                );
+                pending_frames = 0;
                 std::mem::take(&mut pending)
             };
             let msg = Message::parse_from_bytes(&bytes)
                 .map_err(|e| Status::invalid_argument(format!("raft message: {e}")))?;
+            // The message holds its own copy: do not keep a second one while it is stepped
+            // (for a snapshot, while the registry is rebuilt from it).
+            drop(bytes);
             if msg.to != self.id {
                 // A peer with a wrong address book: refuse loudly rather than mis-deliver.
                 return Err(Status::failed_precondition(format!(

@@ -295,6 +295,7 @@ async fn send_frames(frames: &mpsc::Sender<pb::RaftFrame>, bytes: Vec<u8>) -> bo
         return send(pb::RaftFrame {
             data: bytes,
             more: false,
+            total: 0,
         })
         .await;
     }
@@ -303,6 +304,7 @@ async fn send_frames(frames: &mpsc::Sender<pb::RaftFrame>, bytes: Vec<u8>) -> bo
         let frame = pb::RaftFrame {
             data: chunk.to_vec(),
             more: i + 1 < count,
+            total: if i == 0 { bytes.len() as u64 } else { 0 },
         };
         if !send(frame).await {
             return false;
