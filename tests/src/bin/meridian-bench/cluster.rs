@@ -17,7 +17,7 @@
 //!    node's RSS (`VmRSS`), then `Cluster/Snapshot` on each node and the size of its data dir;
 //!    then node 4 is added (`Cluster/AddNode` at the leader while `meridian server --join`
 //!    starts; the call returns once node 4 is a voter, after catching up by snapshot), timed
-//!    from the call; then a follower is SIGKILLed and restarted on its data dir, timed from the
+//!    from the call, with node 4's RSS then and again at least 3 s later; then a follower is SIGKILLed and restarted on its data dir, timed from the
 //!    restart until its `Cluster/Status` shows `applied_index` ≥ the leader's commit index at
 //!    the kill. etcd: [`SCALE_INSTANCES`] puts of 256 B by [`SCALE_CLIENTS`] clients at the
 //!    leader of a 3-member cluster, then each member's RSS and data dir size.
@@ -88,6 +88,9 @@ struct MeridianScale {
     add_node: Duration,
     /// Node 4 once a voter: RSS and data dir.
     node4: (u64, DiskSize),
+    /// Node 4's RSS again at the end of part 3, and how long after it became a voter: what
+    /// it keeps, as opposed to what restoring the snapshot briefly needed.
+    node4_later: (u64, Duration),
     restart: Duration,
     restart_target: u64,
 }
@@ -490,6 +493,7 @@ async fn scale_meridian(
     let node4 = node4?;
     added.context("Cluster/AddNode")?;
     let node4_facts = (watch::rss(&[&node4])?, dir_size(&node4.dir().join("data"))?);
+    let voter_at = Instant::now();
     eprintln!(
         "Meridian scale: node 4 is a voter after {:.0} ms",
         ms(add_node)
@@ -509,6 +513,9 @@ async fn scale_meridian(
         "Meridian scale: restarted follower serving after {:.0} ms",
         ms(restart)
     );
+    // At least a few seconds after it became a voter (the allocator returns freed memory lazily).
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(voter_at.elapsed())).await;
+    let node4_later = (watch::rss(&[&node4])?, voter_at.elapsed());
     drop(node4);
     drop(cluster);
     Ok(MeridianScale {
@@ -516,6 +523,7 @@ async fn scale_meridian(
         nodes,
         add_node,
         node4: node4_facts,
+        node4_later,
         restart,
         restart_target: target,
     })
@@ -709,6 +717,11 @@ fn report(failovers: &[(Kind, Vec<Duration>)], meridian: &MeridianScale, etcd: &
         "| Meridian | node 4 (added, caught up by snapshot) | {:.1} | {} |",
         mib(meridian.node4.0),
         meridian.node4.1
+    );
+    println!(
+        "| Meridian | node 4, {:.1} s after it became a voter | {:.1} | — |",
+        meridian.node4_later.1.as_secs_f64(),
+        mib(meridian.node4_later.0)
     );
     for (label, rss, disk) in &etcd.members {
         println!(
