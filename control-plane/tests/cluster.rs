@@ -37,7 +37,7 @@ async fn cluster(n: u64, args: &[&str]) -> ProcessCluster {
 }
 
 /// The instance ids node `id` holds, read from its local replica.
-async fn ids_on(cluster: &ProcessCluster, node: u64) -> Option<BTreeSet<String>> {
+async fn instances_on(cluster: &ProcessCluster, node: u64) -> Option<Vec<pb::Instance>> {
     let listed = cluster
         .registry(node)
         .list_instances(pb::ListInstancesRequest {
@@ -46,10 +46,13 @@ async fn ids_on(cluster: &ProcessCluster, node: u64) -> Option<BTreeSet<String>>
         })
         .await
         .ok()?;
+    Some(listed.into_inner().instances)
+}
+
+async fn ids_on(cluster: &ProcessCluster, node: u64) -> Option<BTreeSet<String>> {
     Some(
-        listed
-            .into_inner()
-            .instances
+        instances_on(cluster, node)
+            .await?
             .into_iter()
             .map(|i| i.id)
             .collect(),
@@ -365,16 +368,7 @@ async fn lagging_follower_catches_up_by_snapshot() {
             .contains("reassembled a large raft message"),
         "node {lagging} should have received its snapshot in several frames"
     );
-    let listed = cluster
-        .registry(lagging)
-        .list_instances(pb::ListInstancesRequest {
-            service: "orders.cafe.local".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    for instance in listed.instances {
+    for instance in instances_on(&cluster, lagging).await.unwrap() {
         assert_eq!(
             instance.attributes,
             bulky(instance.id.clone()).attributes,
