@@ -242,22 +242,8 @@ impl RedbStorage {
     }
 
     fn write_bootstrap(&mut self) -> Result<(), RaftError> {
-        let meta = self.snapshot.write_to_bytes()?;
-        let conf = self.conf_state.write_to_bytes()?;
         let txn = self.db.begin_write().map_err(RaftError::storage("begin"))?;
-        {
-            let mut snap = txn
-                .open_table(SNAPSHOT)
-                .map_err(RaftError::storage("open snapshot"))?;
-            snap.insert(SNAPSHOT_META, meta.as_slice())
-                .map_err(RaftError::storage("write snapshot"))?;
-            let mut state = txn
-                .open_table(STATE)
-                .map_err(RaftError::storage("open state"))?;
-            state
-                .insert(CONF_STATE, conf.as_slice())
-                .map_err(RaftError::storage("write conf state"))?;
-        }
+        snapshot::insert_meta(&txn, &self.snapshot, &self.conf_state)?;
         txn.commit().map_err(RaftError::storage("commit bootstrap"))
     }
 

@@ -109,28 +109,19 @@ impl RedbStorage {
     }
 
     fn record_snapshot(&self, meta: &SnapshotMetadata, file: &SnapFile) -> Result<(), RaftError> {
-        let meta_bytes = meta.write_to_bytes()?;
-        let conf_bytes = meta.get_conf_state().write_to_bytes()?;
         let file_bytes = file.encode()?;
         let txn = self.db.begin_write().map_err(RaftError::storage("begin"))?;
+        insert_meta(&txn, meta, meta.get_conf_state())?;
         {
             let mut snap = txn
                 .open_table(SNAPSHOT)
                 .map_err(RaftError::storage("open snapshot"))?;
-            snap.insert(SNAPSHOT_META, meta_bytes.as_slice())
-                .map_err(RaftError::storage("write snapshot"))?;
             snap.insert(SNAPSHOT_FILE, file_bytes.as_slice())
                 .map_err(RaftError::storage("write snapshot"))?;
             snap.remove(SNAPSHOT_DATA)
                 .map_err(RaftError::storage("write snapshot"))?;
-            self.write_hard_state(&txn)?;
-            let mut state = txn
-                .open_table(STATE)
-                .map_err(RaftError::storage("open state"))?;
-            state
-                .insert(CONF_STATE, conf_bytes.as_slice())
-                .map_err(RaftError::storage("write conf state"))?;
         }
+        self.write_hard_state(&txn)?;
         txn.commit().map_err(RaftError::storage("commit snapshot"))
     }
 
@@ -173,25 +164,12 @@ impl RedbStorage {
     ) -> Result<(), RaftError> {
         self.hard_state.commit = self.hard_state.commit.max(meta.index);
         let txn = self.db.begin_write().map_err(RaftError::storage("begin"))?;
-        {
-            let mut snap = txn
-                .open_table(SNAPSHOT)
-                .map_err(RaftError::storage("open snapshot"))?;
-            snap.insert(SNAPSHOT_META, meta.write_to_bytes()?.as_slice())
-                .map_err(RaftError::storage("write snapshot"))?;
-            snap.insert(SNAPSHOT_DATA, data)
-                .map_err(RaftError::storage("write snapshot"))?;
-            self.write_hard_state(&txn)?;
-            let mut state = txn
-                .open_table(STATE)
-                .map_err(RaftError::storage("open state"))?;
-            state
-                .insert(
-                    CONF_STATE,
-                    meta.get_conf_state().write_to_bytes()?.as_slice(),
-                )
-                .map_err(RaftError::storage("write conf state"))?;
-        }
+        insert_meta(&txn, meta, meta.get_conf_state())?;
+        txn.open_table(SNAPSHOT)
+            .map_err(RaftError::storage("open snapshot"))?
+            .insert(SNAPSHOT_DATA, data)
+            .map_err(RaftError::storage("write snapshot"))?;
+        self.write_hard_state(&txn)?;
         txn.commit().map_err(RaftError::storage("commit"))?;
         let drop_count = usize::try_from(meta.index - self.snapshot.index)
             .expect("invariant: the in-memory log tail fits in memory");
@@ -200,4 +178,24 @@ impl RedbStorage {
         self.wal
             .restart(self.entries.make_contiguous(), &self.hard_state)
     }
+}
+
+/// Writes what every snapshot record holds, in `txn`: the snapshot's metadata, and `conf` as
+/// the applied conf state (the bootstrap record, a compaction, a snapshot from the leader).
+pub(super) fn insert_meta(
+    txn: &redb::WriteTransaction,
+    meta: &SnapshotMetadata,
+    conf: &ConfState,
+) -> Result<(), RaftError> {
+    let meta_bytes = meta.write_to_bytes()?;
+    let conf_bytes = conf.write_to_bytes()?;
+    txn.open_table(SNAPSHOT)
+        .map_err(RaftError::storage("open snapshot"))?
+        .insert(SNAPSHOT_META, meta_bytes.as_slice())
+        .map_err(RaftError::storage("write snapshot"))?;
+    txn.open_table(STATE)
+        .map_err(RaftError::storage("open state"))?
+        .insert(CONF_STATE, conf_bytes.as_slice())
+        .map_err(RaftError::storage("write conf state"))?;
+    Ok(())
 }
