@@ -7,10 +7,9 @@
 //! one scan of the names finds hop-by-hop headers before any removal, and the new values are
 //! formatted on the stack.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 
-use bytes::{BufMut as _, Bytes, BytesMut};
+use bytes::{BufMut as _, BytesMut};
 use http::Uri;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -90,14 +89,7 @@ pub(crate) struct Peer {
 
 impl Peer {
     pub(crate) fn new(addr: SocketAddr) -> Self {
-        // An IPv6 address takes at most 45 characters.
-        let mut ip = [0u8; 48];
-        let ip_len = {
-            let mut cursor = std::io::Cursor::new(&mut ip[..]);
-            let _ = write!(cursor, "{}", addr.ip());
-            usize::try_from(cursor.position()).unwrap_or(0)
-        };
-        let forwarded_for = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&ip[..ip_len]))
+        let forwarded_for = HeaderValue::try_from(addr.ip().to_string())
             .expect("invariant: an IP address is a valid header value");
         Self {
             addr,
