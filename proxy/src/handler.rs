@@ -86,7 +86,7 @@ impl Handler {
                 let header = hash_header.as_ref().and_then(|h| req.headers().get(h));
                 Some(match header {
                     Some(value) => hash_bytes(value.as_bytes()),
-                    None => hash_bytes(client.addr.ip().to_string().as_bytes()),
+                    None => hash_bytes(client.ip_text()),
                 })
             }
             _ => None,

@@ -80,7 +80,6 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// per connection rather than per request.
 #[derive(Debug, Clone)]
 pub(crate) struct Peer {
-    pub(crate) addr: SocketAddr,
     /// The client's IP address as a header value (cloning it shares its bytes).
     forwarded_for: HeaderValue,
 }
@@ -91,10 +90,12 @@ impl Peer {
     pub(crate) fn new(addr: SocketAddr) -> Self {
         let forwarded_for = HeaderValue::try_from(addr.ip().to_string())
             .expect("invariant: an IP address is a valid header value");
-        Self {
-            addr,
-            forwarded_for,
-        }
+        Self { forwarded_for }
+    }
+
+    /// The client's IP address as text (`10.0.0.9`, `2001:db8::7`), formatted once.
+    pub(crate) fn ip_text(&self) -> &[u8] {
+        self.forwarded_for.as_bytes()
     }
 }
 
@@ -107,7 +108,7 @@ pub(crate) fn prepare_headers(headers: &mut HeaderMap, uri: &Uri, client: &Peer)
     {
         headers.insert(header::HOST, value);
     }
-    let ip = client.forwarded_for.as_bytes();
+    let ip = client.ip_text();
     let forwarded = match headers.get(&X_FORWARDED_FOR) {
         Some(previous) => {
             let mut joined = BytesMut::with_capacity(previous.len() + 2 + ip.len());
