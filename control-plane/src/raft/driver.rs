@@ -4,10 +4,12 @@
 //! shutdown, a tick or a request; after a request it drains up to `max_batch - 1` more without
 //! waiting, so many concurrent proposals become one `Ready`, one write transaction and one
 //! fsync (group commit). Storage I/O runs inline on this task: while it fsyncs, new requests
-//! queue up and form the next batch. Woken for a lone message, the driver first yields its
-//! core once, so a runtime worker it preempted can finish queueing the rest of its burst: on
-//! a core shared with the gRPC workers (small VMs, the benchmark's pinning) this turned
-//! 16-client runs from ~4,000-6,000 into ~8,200 writes/s with a third less CPU per write.
+//! queue up and form the next batch. Woken for a lone message while writes come in bursts
+//! (concurrent writers, see [`Bursts`]), the driver first yields its core once, so a runtime
+//! worker it preempted can finish queueing the rest of its burst: on a core shared with the
+//! gRPC workers (small VMs, the benchmark's pinning) this turned 16-client runs from
+//! ~4,000-6,000 into ~8,200 writes/s with a third less CPU per write. A lone writer is not
+//! made to wait behind that yield.
 //!
 //! # The Ready order (raft-rs `RawNode` docs, `on_ready` in its README)
 //!
@@ -38,7 +40,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use ::raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Snapshot};
+use ::raft::eraftpb::{
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, MessageType, Snapshot,
+};
 use ::raft::{RawNode, StateRole};
 use protobuf::Message as _;
 use tokio::sync::mpsc;
@@ -46,6 +50,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::burst::Bursts;
 use super::compaction::{Compactions, Serialized};
 use super::handle::{MemberStatus, MembershipChange, Msg, RaftStatus};
 use super::pending::{self, Proposals, Reads};
@@ -67,6 +72,9 @@ pub(crate) struct Driver<SM: StateMachine> {
     /// Membership changes waiting to be applied.
     conf_changes: Proposals<()>,
     reads: Reads,
+    /// New entries (proposals, or entries in appends from the leader) per loop turn, lately:
+    /// whether a yield may collect a burst.
+    bursts: Bursts,
     /// The snapshot being serialized off this thread, and who waits for it.
     compactions: Compactions,
     /// Index of the last entry applied to the state machine.
@@ -111,6 +119,7 @@ impl<SM: StateMachine> Driver<SM> {
             proposals: Proposals::new(),
             conf_changes: Proposals::new(),
             reads: Reads::default(),
+            bursts: Bursts::default(),
             compactions: Compactions::default(),
             applied,
             seen: (0, ::raft::INVALID_ID, false),
@@ -166,20 +175,25 @@ impl<SM: StateMachine> Driver<SM> {
                 }
                 msg = self.inbox.recv() => {
                     let Some(msg) = msg else { return Ok(()) };
-                    // Woken for a single message: most likely its sender, a runtime worker,
-                    // is still in the middle of a burst (one readable socket after another).
-                    // On a shared core the woken driver preempts it; yielding once lets the
-                    // worker queue the rest of the burst, so it becomes one batch and one
-                    // fsync instead of many. With a core to itself this returns at once.
-                    if self.inbox.is_empty() {
+                    // Woken for a single message while writes come in bursts: most likely
+                    // its sender, a runtime worker, is in the middle of one (one readable
+                    // socket after another). On a shared core the woken driver preempts it;
+                    // yielding once lets the worker queue the rest of the burst, so it becomes
+                    // one batch and one fsync instead of many. With a core to itself this
+                    // returns at once. Without bursts (one writer) there is nothing to wait
+                    // for, and the yield would only delay the write (see [`Bursts`]).
+                    if self.inbox.is_empty() && self.bursts.bursty() {
                         std::thread::yield_now();
                     }
-                    self.handle(msg);
+                    let mut entries = self.handle(msg);
                     for _ in 1..self.max_batch {
                         match self.inbox.try_recv() {
-                            Ok(msg) => self.handle(msg),
+                            Ok(msg) => entries += self.handle(msg),
                             Err(_) => break,
                         }
+                    }
+                    if entries > 0 {
+                        self.bursts.record(entries);
                     }
                 }
             }
@@ -204,14 +218,24 @@ impl<SM: StateMachine> Driver<SM> {
         }
     }
 
-    fn handle(&mut self, msg: Msg<SM::Output>) {
+    /// Handles one message; how many new log entries it brought (a proposal, or the entries of
+    /// an append from the leader).
+    fn handle(&mut self, msg: Msg<SM::Output>) -> usize {
         match msg {
-            Msg::Propose { command, reply } => self.propose(command, reply),
+            Msg::Propose { command, reply } => {
+                self.propose(command, reply);
+                return 1;
+            }
             Msg::ReadIndex { reply } => self.read_index(reply),
             Msg::Step(msg) => {
+                let entries = match msg.get_msg_type() {
+                    MessageType::MsgAppend => msg.entries.len(),
+                    _ => 0,
+                };
                 if let Err(e) = self.node.step(*msg) {
                     debug!(error = %e, "ignored a raft message");
                 }
+                return entries;
             }
             Msg::Status { reply } => {
                 let _ = reply.send(Ok(self.status()));
@@ -235,6 +259,7 @@ impl<SM: StateMachine> Driver<SM> {
                 }
             }
         }
+        0
     }
 
     /// Proposes one membership change as a ConfChangeV2 whose context carries (origin, request
