@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +28,7 @@ pub(crate) struct Admin {
 // === impl Admin ===
 
 impl Admin {
-    pub(crate) fn handle(&self, req: &Request<Incoming>) -> Response<Body> {
+    pub(crate) fn handle<B>(&self, req: &Request<B>) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".to_owned());
         }

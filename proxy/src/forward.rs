@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::sync::CancellationToken;
 
 use crate::balance::{Endpoint, PickContext};
-use crate::body::{Body, Tracked, empty, full};
+use crate::body::{Body, RequestBody, Tracked, empty, full};
 use crate::config::{Protocol, Rule};
 use crate::error::RequestError;
 use crate::h1::{self, Outbound, Outgoing};
@@ -95,7 +95,7 @@ impl Upstream {
     pub(crate) async fn forward(
         &self,
         plan: &Plan<'_>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         report: &mut Tries,
     ) -> Result<Response<Body>, RequestError> {
         let (mut parts, body) = req.into_parts();
@@ -134,7 +134,7 @@ impl Upstream {
         &self,
         plan: &Plan<'_>,
         parts: &mut http::request::Parts,
-        replay: Result<Bytes, Incoming>,
+        replay: Result<Bytes, RequestBody>,
         report: &mut Tries,
     ) -> Result<Response<Body>, RequestError> {
         let service = &plan.service.state.name;
@@ -171,7 +171,7 @@ impl Upstream {
                     let body = match (&buffered, streamed.take()) {
                         (Some(bytes), _) if bytes.is_empty() => empty(),
                         (Some(bytes), _) => full(bytes.clone()),
-                        (None, Some(body)) => body.map_err(Into::into).boxed(),
+                        (None, Some(body)) => body.boxed(),
                         (None, None) => empty(),
                     };
                     Some(h2c_request(parts, &endpoint, body, last_try)?)

@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 
 use crate::authority::{is_service_name, request_host};
 use crate::balance::hash_bytes;
-use crate::body::Body;
+use crate::body::{Body, RequestBody};
 use crate::config::LoadBalancer;
 use crate::discovery::Discovery;
 use crate::error::RequestError;
@@ -43,7 +42,7 @@ impl Handler {
     /// Answers one request (never fails: errors become short text responses).
     pub(crate) async fn handle(
         self: Arc<Self>,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         client: Peer,
     ) -> Response<Body> {
         let started = Instant::now();
@@ -134,7 +133,7 @@ impl Handler {
     /// The service a request is for; on failure, the metrics label to count it under too.
     async fn resolve(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
     ) -> Result<Arc<ServiceTable>, (String, RequestError)> {
         let host = request_host(req);
         if let Some(name) = host.as_deref().filter(|h| is_service_name(h)) {
@@ -190,7 +189,7 @@ impl Handler {
     /// The request's span, when tracing (`service`: what it resolved to, if anything).
     fn span(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         service: Option<&str>,
         wall: Option<SystemTime>,
     ) -> Option<RequestSpan> {

@@ -19,7 +19,8 @@
 //!   `headers.rs`: hop-by-hop, `X-Forwarded-For`;
 //!   `handler.rs`: one request end to end.
 //! - `error.rs`: [`ProxyError`] and the single request-error → HTTP status mapping.
-//! - `server.rs`: listeners and drain; `admin.rs`: `/ready`, `/config`, `/metrics`;
+//! - `server.rs`: listeners and drain; `downstream/`: a client connection — the proxy's own
+//!   HTTP/1.1 server codec, h2c handed to hyper; `admin.rs`: `/ready`, `/config`, `/metrics`;
 //!   `metrics.rs`: the counters behind `/metrics`; `otlp.rs`: the same over OTLP.
 //! - `trace.rs`: one OpenTelemetry SERVER span per request, when a tracer is configured
 //!   ([`ProxyTelemetry`]); trace headers in and out through `meridian_telemetry::propagation`.
@@ -30,6 +31,7 @@ mod balance;
 mod body;
 mod config;
 mod discovery;
+mod downstream;
 mod error;
 mod forward;
 mod h1;

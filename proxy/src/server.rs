@@ -1,37 +1,35 @@
-//! The listeners: accept connections, serve HTTP/1.1 and HTTP/2 (h2c, prior knowledge or
-//! upgrade-free auto-detection) on each, and drain gracefully on shutdown: stop accepting, let
-//! in-flight requests finish (HTTP/1.1 connections close after their current response, HTTP/2
-//! ones get GOAWAY) up to the drain limit, then cut what is left.
+//! The listeners: accept connections, serve HTTP/1.1 (the proxy's own server codec) and
+//! HTTP/2 (h2c, prior knowledge: detected from the first bytes) on each ([`downstream`]), and
+//! drain gracefully on shutdown: stop accepting, let in-flight requests finish (HTTP/1.1
+//! connections close after their current response, idle ones at once; HTTP/2 ones get
+//! GOAWAY) up to the drain limit, then cut what is left.
 
-use std::convert::Infallible;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, Id, JoinSet};
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::Body;
+use crate::body::{Body, RequestBody};
+use crate::downstream::{self, Clock, Connection, Gate};
 use crate::headers::Peer;
 
 /// A request handler: the request and the client in, a response out.
 pub(crate) type HandlerFn = Arc<
-    dyn Fn(Request<Incoming>, Peer) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>>
+    dyn Fn(Request<RequestBody>, Peer) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>>
         + Send
         + Sync,
 >;
 
-/// How long a client may take to send a request head (hyper's default, made effective by
-/// giving hyper a timer).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to send a request head (hyper's default, kept); an idle
+/// kept-alive connection is closed after it too.
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// After a failed `accept` (e.g. out of file descriptors), wait this long before the next one
 /// instead of spinning.
@@ -45,23 +43,40 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
     drain: Duration,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // A timer makes hyper enforce its HTTP/1 header read timeout (a client that opens a
-    // connection and sends its head slowly is cut after it) and HTTP/2 keep-alive. Without
-    // vectored writes hyper copies a response's head and (small) body into one buffer for one
-    // `send`: ~3 % less CPU per request than `writev` with separate buffers.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .writev(false);
-    builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
+    serve_with(
+        name,
+        listener,
+        handler,
+        shutdown,
+        drain,
+        HEADER_READ_TIMEOUT,
+    )
+    .await;
+}
+
+/// [`serve`] with another header-read timeout.
+pub(crate) async fn serve_with(
+    name: &'static str,
+    listener: TcpListener,
+    handler: HandlerFn,
+    shutdown: CancellationToken,
+    drain: Duration,
+    header_read_timeout: Duration,
+) {
+    // The connections' coarse clock (`Date`, timeouts), read once a second here.
+    let clock = Arc::new(Clock::new());
+    let mut ticks = tokio::time::interval_at(Clock::first_tick(), downstream::TICK);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut connections = JoinSet::new();
+    // Each open connection's task and drain gate.
+    let mut open: HashMap<Id, (AbortHandle, Arc<Gate>)> = HashMap::new();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = ticks.tick() => clock.tick(),
+            Some(joined) = connections.join_next_with_id(), if !connections.is_empty() => {
+                open.remove(&joined.map_or_else(|e| e.id(), |(id, ())| id));
+            }
             accepted = listener.accept() => {
                 let (stream, remote) = match accepted {
                     Ok(accepted) => accepted,
@@ -72,33 +87,53 @@ pub(crate) async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let handler = Arc::clone(&handler);
-                let peer = Peer::new(remote);
-                let service = service_fn(move |req| {
-                    let response = handler(req, peer.clone());
-                    async move { Ok::<_, Infallible>(response.await) }
-                });
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let connection = graceful.watch(connection);
-                connections.spawn(async move {
-                    if let Err(error) = connection.await {
+                let gate = Arc::new(Gate::default());
+                let connection = Connection {
+                    handler: Arc::clone(&handler),
+                    peer: Peer::new(remote),
+                    drain: shutdown.clone(),
+                    gate: Arc::clone(&gate),
+                    clock: Arc::clone(&clock),
+                    header_read_timeout,
+                };
+                let task = connections.spawn(async move {
+                    if let Err(error) = connection.serve(stream).await {
                         tracing::trace!(listener = name, %remote, %error, "connection ended with an error");
                     }
                 });
+                open.insert(task.id(), (task, gate));
             }
         }
     }
     drop(listener);
-    let open = graceful.count();
-    tracing::info!(listener = name, open, ?drain, "draining");
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            listener = name,
-            "drain limit reached; closing the remaining connections"
-        );
+    tracing::info!(
+        listener = name,
+        open = connections.len(),
+        ?drain,
+        "draining"
+    );
+    // HTTP/1.1 connections between exchanges are cut now (nothing is in flight on them); busy
+    // ones close after their current response. HTTP/2 ones saw the cancellation: GOAWAY.
+    for (task, gate) in open.values() {
+        if gate.drain() {
+            task.abort();
+        }
+    }
+    // The clock keeps ticking for the busy ones meanwhile.
+    let limit = tokio::time::sleep(drain);
+    tokio::pin!(limit);
+    loop {
+        tokio::select! {
+            () = &mut limit => {
+                tracing::warn!(
+                    listener = name,
+                    "drain limit reached; closing the remaining connections"
+                );
+                break;
+            }
+            _ = ticks.tick() => clock.tick(),
+            joined = connections.join_next() => if joined.is_none() { break },
+        }
     }
     connections.shutdown().await;
     tracing::info!(listener = name, "stopped");

@@ -6,12 +6,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Buf as _, Bytes};
 use hyper::body::{Frame, SizeHint};
 
-use super::decode::{BodyDecoder, Decoded, Head};
+use super::decode::{BodyDecoder, Decoded, Framing, Head};
 use super::{Conn, Error};
 use crate::balance::InFlight;
+
+/// A body that came whole with its head and is at most this long is copied beside the head.
+const COPY_BESIDE_HEAD: usize = 1024;
 
 /// The body of one upstream HTTP/1.1 response.
 #[derive(Debug)]
@@ -42,13 +45,27 @@ impl UpstreamBody {
         match body.decoder.remaining() {
             // No body (HEAD, 204, 304, length 0): the connection is free now.
             Some(0) => body.release(arrived),
-            // All of it already read with the head: take it and free the connection too.
+            // All of it already read with the head: take it and free the connection too. Small
+            // bodies are copied beside the head (no allocation once that buffer is reused).
             Some(n) if body.buffered() >= n => {
-                if let Some(conn) = body.conn.as_mut()
-                    && let Ok(Decoded::Data(data)) = body.decoder.decode(&mut conn.read)
-                {
-                    body.ready = Some(data);
-                    body.release(arrived);
+                if let Some(conn) = body.conn.as_mut() {
+                    let data = match usize::try_from(n) {
+                        Ok(n) if n <= COPY_BESIDE_HEAD => {
+                            conn.heads.reserve(n);
+                            conn.heads.extend_from_slice(&conn.read[..n]);
+                            conn.read.advance(n);
+                            Some(conn.heads.split_to(n).freeze())
+                        }
+                        _ => match body.decoder.decode(&mut conn.read) {
+                            Ok(Decoded::Data(data)) => Some(data),
+                            _ => None,
+                        },
+                    };
+                    if let Some(data) = data {
+                        body.decoder = BodyDecoder::new(Framing::Empty);
+                        body.ready = Some(data);
+                        body.release(arrived);
+                    }
                 }
             }
             _ => {}

@@ -98,8 +98,14 @@ pub(crate) enum Decoded {
     NeedMore,
 }
 
-/// Parses the response head at the front of `buf` to a request made with `method`.
-pub(crate) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Error> {
+/// Parses the response head at the front of `buf` to a request made with `method`; the head
+/// is copied into `heads` (the connection's buffer for them, reused once the responses whose
+/// fields it holds are gone), its field values sliced out of that copy.
+pub(crate) fn parse_head(
+    buf: &mut BytesMut,
+    heads: &mut BytesMut,
+    method: &Method,
+) -> Result<Parsed, Error> {
     // Uninitialised: zeroing room for 100 fields (3.2 KB) on every response cost more than
     // parsing the half-dozen a backend sends.
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -131,10 +137,13 @@ pub(crate) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, 
         buf.advance(len);
         return Ok(Parsed::Interim);
     }
-    // Header values are sliced out of one copy of the head (a few hundred bytes; one
-    // allocation shared by all). Copied rather than split off: the read buffer stays unshared,
-    // so the next read reuses it instead of allocating a new one.
-    let head = Bytes::copy_from_slice(&buf[..len]);
+    // Header values are sliced out of one copy of the head (a few hundred bytes). Copied
+    // rather than split off: the read buffer stays unshared, so the next read reuses it; the
+    // copy's buffer is reused too once the responses whose heads it holds are dropped (no
+    // allocation per response in the steady state).
+    heads.reserve(len);
+    heads.extend_from_slice(&buf[..len]);
+    let head: Bytes = heads.split_to(len).freeze();
     let base = buf.as_ptr() as usize;
     let offset = |part: &[u8]| part.as_ptr() as usize - base;
     let mut headers = HeaderMap::with_capacity(response.headers.len());
@@ -210,7 +219,7 @@ fn framing(
     })
 }
 
-fn parse_decimal(digits: &[u8]) -> Option<u64> {
+pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 {
         return None;
     }
@@ -220,7 +229,7 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
 }
 
 /// Whether a `connection` field lists `token`.
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
+pub(crate) fn has_token(headers: &HeaderMap, token: &str) -> bool {
     headers.get_all(header::CONNECTION).iter().any(|v| {
         v.as_bytes()
             .split(|&b| b == b',')

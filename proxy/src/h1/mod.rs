@@ -24,17 +24,21 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, Uri};
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 pub(crate) use body::UpstreamBody;
 pub(crate) use decode::Head;
+pub(crate) use decode::{BodyDecoder, Decoded, Framing, has_token, parse_decimal};
 use decode::{Parsed, parse_head};
 use encode::{BodyFraming, COPY_BODY_UP_TO, chunk_header, request_framing, write_head};
 
+use crate::body::RequestBody;
+
 /// The read buffer grows by at least this much before each read.
 const READ_CHUNK: usize = 8 * 1024;
+/// Room for response heads: a typical head several times over before the buffer is reused.
+const HEADS_CAPACITY: usize = 2048;
 
 /// One upstream HTTP/1.1 connection between exchanges.
 #[derive(Debug)]
@@ -42,6 +46,8 @@ pub(crate) struct Conn {
     stream: TcpStream,
     /// Bytes read and not yet decoded.
     read: BytesMut,
+    /// Copies of response heads (their field values are slices of it).
+    heads: BytesMut,
     /// The request head being written (its capacity kept for the next request).
     write: Vec<u8>,
 }
@@ -90,7 +96,7 @@ pub(crate) enum Outgoing {
     /// Read in full beforehand (possibly empty): can be sent again.
     Buffered(Bytes),
     /// Streamed from the client as it comes: sent once.
-    Streamed(Incoming),
+    Streamed(RequestBody),
 }
 
 // === impl Conn ===
@@ -100,6 +106,7 @@ impl Conn {
         Self {
             stream,
             read: BytesMut::with_capacity(READ_CHUNK),
+            heads: BytesMut::with_capacity(HEADS_CAPACITY),
             write: Vec::with_capacity(1024),
         }
     }
@@ -157,12 +164,18 @@ impl Conn {
         Ok(())
     }
 
-    async fn stream_body(&mut self, mut body: Incoming, chunked: bool) -> Result<(), Error> {
+    async fn stream_body(&mut self, mut body: RequestBody, chunked: bool) -> Result<(), Error> {
+        let mut trailers = None;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| Error::RequestBody(e.to_string()))?;
-            let Ok(data) = frame.into_data() else {
-                // Trailers of a request are not forwarded over HTTP/1.1.
-                continue;
+            let data = match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => {
+                    // Trailers go out after the last chunk (a body with a stated length has
+                    // nowhere to carry them: they are dropped, as RFC 9110 §6.5.1 allows).
+                    trailers = frame.into_trailers().ok();
+                    continue;
+                }
             };
             if data.is_empty() {
                 continue;
@@ -178,7 +191,16 @@ impl Conn {
             }
         }
         if chunked {
-            self.stream.write_all(b"0\r\n\r\n").await?;
+            self.write.clear();
+            self.write.extend_from_slice(b"0\r\n");
+            for (name, value) in trailers.iter().flatten() {
+                self.write.extend_from_slice(name.as_str().as_bytes());
+                self.write.extend_from_slice(b": ");
+                self.write.extend_from_slice(value.as_bytes());
+                self.write.extend_from_slice(b"\r\n");
+            }
+            self.write.extend_from_slice(b"\r\n");
+            self.stream.write_all(&self.write).await?;
         }
         Ok(())
     }
@@ -187,7 +209,7 @@ impl Conn {
         let mut any = !self.read.is_empty();
         loop {
             if !self.read.is_empty() {
-                match parse_head(&mut self.read, method) {
+                match parse_head(&mut self.read, &mut self.heads, method) {
                     Ok(Parsed::Final(head)) => return Ok(head),
                     Ok(Parsed::Interim) => continue,
                     Ok(Parsed::Partial) => {}

@@ -31,7 +31,7 @@ fn decode_all(
     let mut feed = bytes.chunks(step.max(1));
     let mut buf = BytesMut::new();
     let head = loop {
-        match parse_head(&mut buf, method)? {
+        match parse_head(&mut buf, &mut BytesMut::new(), method)? {
             Parsed::Final(head) => break head,
             Parsed::Interim => {}
             Parsed::Partial => match feed.next() {
@@ -105,7 +105,8 @@ fn responses_without_a_body() {
         (b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", Method::GET),
     ] {
         let mut buf = BytesMut::from(raw);
-        let Parsed::Final(head) = parse_head(&mut buf, &method).unwrap() else {
+        let Parsed::Final(head) = parse_head(&mut buf, &mut BytesMut::new(), &method).unwrap()
+        else {
             panic!("no final head");
         };
         assert_eq!(
@@ -135,7 +136,7 @@ fn interim_responses_are_skipped_and_101_refused() {
 fn connection_reuse_follows_version_and_framing() {
     let head = |raw: &[u8]| {
         let mut buf = BytesMut::from(raw);
-        match parse_head(&mut buf, &Method::GET).unwrap() {
+        match parse_head(&mut buf, &mut BytesMut::new(), &Method::GET).unwrap() {
             Parsed::Final(head) => head,
             other => panic!("{other:?}"),
         }
@@ -185,7 +186,7 @@ fn malformed_responses_are_errors() {
     }
     let mut huge = BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..]);
     huge.extend_from_slice(&vec![b'a'; super::decode::MAX_HEAD + 1]);
-    assert!(parse_head(&mut huge, &Method::GET).is_err());
+    assert!(parse_head(&mut huge, &mut BytesMut::new(), &Method::GET).is_err());
 }
 
 proptest! {
@@ -415,7 +416,11 @@ async fn a_streamed_request_body_is_sent_chunked() {
                     host: &endpoint.host,
                 };
                 let (head, conn) = connector
-                    .send(&endpoint, request, Outgoing::Streamed(body))
+                    .send(
+                        &endpoint,
+                        request,
+                        Outgoing::Streamed(crate::body::RequestBody::Hyper(body)),
+                    )
                     .await
                     .unwrap();
                 let body = UpstreamBody::new(&head, conn, endpoint.start(), Instant::now());

@@ -3,7 +3,7 @@
 //! protobuf updates a control plane would stream (the stream itself is tested end to end
 //! against a real control plane in the workspace's `tests/` crate).
 
-mod backend;
+pub(crate) mod backend;
 mod data_path;
 
 use std::net::SocketAddr;
@@ -50,6 +50,15 @@ pub(crate) struct Reply {
 
 impl Harness {
     pub(crate) async fn start(default_service: Option<&str>, drain: Duration) -> Self {
+        Self::start_with(default_service, drain, server::HEADER_READ_TIMEOUT).await
+    }
+
+    /// [`Harness::start`] with another header-read timeout.
+    pub(crate) async fn start_with(
+        default_service: Option<&str>,
+        drain: Duration,
+        header_read_timeout: Duration,
+    ) -> Self {
         let metrics = Arc::new(Metrics::default());
         let (table_tx, table_rx) = watch::channel(Arc::new(Table::default()));
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
@@ -66,12 +75,13 @@ impl Harness {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(server::serve(
+        let task = tokio::spawn(server::serve_with(
             "listen",
             listener,
             handler_fn,
             shutdown.clone(),
             drain,
+            header_read_timeout,
         ));
         Self {
             addr,
