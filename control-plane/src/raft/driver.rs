@@ -185,10 +185,14 @@ impl<SM: StateMachine> Driver<SM> {
                     if self.inbox.is_empty() && self.bursts.bursty() {
                         std::thread::yield_now();
                     }
-                    let mut entries = self.handle(msg);
+                    let mut entries = new_entries(&msg);
+                    self.handle(msg);
                     for _ in 1..self.max_batch {
                         match self.inbox.try_recv() {
-                            Ok(msg) => entries += self.handle(msg),
+                            Ok(msg) => {
+                                entries += new_entries(&msg);
+                                self.handle(msg);
+                            }
                             Err(_) => break,
                         }
                     }
@@ -218,24 +222,14 @@ impl<SM: StateMachine> Driver<SM> {
         }
     }
 
-    /// Handles one message; how many new log entries it brought (a proposal, or the entries of
-    /// an append from the leader).
-    fn handle(&mut self, msg: Msg<SM::Output>) -> usize {
+    fn handle(&mut self, msg: Msg<SM::Output>) {
         match msg {
-            Msg::Propose { command, reply } => {
-                self.propose(command, reply);
-                return 1;
-            }
+            Msg::Propose { command, reply } => self.propose(command, reply),
             Msg::ReadIndex { reply } => self.read_index(reply),
             Msg::Step(msg) => {
-                let entries = match msg.get_msg_type() {
-                    MessageType::MsgAppend => msg.entries.len(),
-                    _ => 0,
-                };
                 if let Err(e) = self.node.step(*msg) {
                     debug!(error = %e, "ignored a raft message");
                 }
-                return entries;
             }
             Msg::Status { reply } => {
                 let _ = reply.send(Ok(self.status()));
@@ -259,7 +253,6 @@ impl<SM: StateMachine> Driver<SM> {
                 }
             }
         }
-        0
     }
 
     /// Proposes one membership change as a ConfChangeV2 whose context carries (origin, request
@@ -653,6 +646,16 @@ impl<SM: StateMachine> Driver<SM> {
             last_index: raft.raft_log.last_index(),
             members,
         }
+    }
+}
+
+/// How many new log entries `msg` brings: one for a proposal, the entries of an append from
+/// the leader; what [`Bursts`] averages.
+fn new_entries<O>(msg: &Msg<O>) -> usize {
+    match msg {
+        Msg::Propose { .. } => 1,
+        Msg::Step(msg) if msg.get_msg_type() == MessageType::MsgAppend => msg.entries.len(),
+        _ => 0,
     }
 }
 
