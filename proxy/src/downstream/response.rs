@@ -21,7 +21,7 @@ use hyper::body::{Body as _, Frame};
 use super::body::{DownstreamBody, Shared};
 use super::clock::Clock;
 use crate::body::{Body, BoxError};
-use crate::h1::parse_decimal;
+use crate::h1::{field, finish_chunked, parse_decimal, push_chunk_header, push_decimal};
 
 /// Body frames up to this size are copied behind what is gathered; larger ones are written on
 /// their own.
@@ -160,22 +160,16 @@ fn write_head(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     if !headers.contains_key(header::DATE) {
-        out.extend_from_slice(b"date: ");
-        out.extend_from_slice(&clock.date());
-        out.extend_from_slice(b"\r\n");
+        field(out, "date", &clock.date());
     }
     for (name, value) in headers {
         // The framing and the connection's fate are this hop's: written below.
         let skip = name == header::TRANSFER_ENCODING
             || name == header::CONNECTION
             || (drop_stated && name == header::CONTENT_LENGTH);
-        if skip {
-            continue;
+        if !skip {
+            field(out, name.as_str(), value.as_bytes());
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
     }
     if let Some(n) = add_length {
         out.extend_from_slice(b"content-length: ");
@@ -269,8 +263,7 @@ async fn write_body(
                 push(shared, out, &data).await?;
             }
             Delimit::Chunked => {
-                push_hex(out, data.len());
-                out.extend_from_slice(b"\r\n");
+                push_chunk_header(out, data.len());
                 push(shared, out, &data).await?;
                 out.extend_from_slice(b"\r\n");
             }
@@ -312,48 +305,4 @@ async fn push(shared: &Shared, out: &mut Vec<u8>, data: &Bytes) -> io::Result<()
         out.clear();
     }
     shared.write_all(data).await
-}
-
-/// The last chunk and the trailer section.
-fn finish_chunked(out: &mut Vec<u8>, trailers: &HeaderMap) {
-    out.extend_from_slice(b"0\r\n");
-    for (name, value) in trailers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
-/// `n` in hexadecimal (a chunk size), without allocating.
-fn push_hex(out: &mut Vec<u8>, n: usize) {
-    let mut digits = [0u8; 16];
-    let mut start = digits.len();
-    let mut n = n;
-    loop {
-        start -= 1;
-        digits[start] = b"0123456789abcdef"[n % 16];
-        n /= 16;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[start..]);
-}
-
-/// `n` in decimal, without allocating.
-fn push_decimal(out: &mut Vec<u8>, n: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    let mut n = n;
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[start..]);
 }

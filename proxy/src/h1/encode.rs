@@ -1,5 +1,7 @@
 //! Writing an HTTP/1.1 request head (and a buffered body) into one buffer, so a typical
-//! request leaves the proxy in a single `write`.
+//! request leaves the proxy in a single `write`; and the wire pieces both directions write
+//! (fields, decimal lengths, chunk sizes, the last chunk with its trailers), shared with the
+//! downstream server's responses (`crate::downstream`).
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -51,8 +53,9 @@ pub(crate) fn write_head(
     match framing {
         BodyFraming::AsIs => {}
         BodyFraming::Length(n) => {
-            let digits = itoa_buf(n);
-            field(out, "content-length", digits.digits());
+            out.extend_from_slice(b"content-length: ");
+            push_decimal(out, n as u64);
+            out.extend_from_slice(b"\r\n");
         }
         BodyFraming::Chunked => field(out, "transfer-encoding", b"chunked"),
     }
@@ -79,44 +82,54 @@ pub(crate) fn request_framing(
     }
 }
 
-/// The start of one chunk of a chunked body: its size in hex and CRLF.
-pub(crate) fn chunk_header(len: usize) -> Vec<u8> {
-    format!("{len:x}\r\n").into_bytes()
+/// Appends the start of one chunk of a chunked body: its size in hex and CRLF (no allocation).
+pub(crate) fn push_chunk_header(out: &mut Vec<u8>, len: usize) {
+    let mut digits = [0u8; 16];
+    let mut start = digits.len();
+    let mut n = len;
+    loop {
+        start -= 1;
+        digits[start] = b"0123456789abcdef"[n % 16];
+        n /= 16;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+    out.extend_from_slice(b"\r\n");
 }
 
-fn field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+/// Appends the last chunk of a chunked body and its trailer section.
+pub(crate) fn finish_chunked(out: &mut Vec<u8>, trailers: &HeaderMap) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers {
+        field(out, name.as_str(), value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends one field line (`name: value` and CRLF).
+pub(crate) fn field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
-/// A decimal number formatted on the stack.
-struct Digits {
-    buf: [u8; 20],
-    start: usize,
-}
-
-// === impl Digits ===
-
-impl Digits {
-    fn digits(&self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-}
-
-fn itoa_buf(mut n: usize) -> Digits {
-    let mut buf = [0u8; 20];
-    let mut start = buf.len();
+/// Appends `n` in decimal (no allocation).
+pub(crate) fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut n = n;
     loop {
         start -= 1;
-        buf[start] = b'0' + (n % 10) as u8;
+        digits[start] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    Digits { buf, start }
+    out.extend_from_slice(&digits[start..]);
 }
 
 #[cfg(test)]
@@ -163,9 +176,21 @@ mod tests {
     }
 
     #[test]
-    fn digits_are_decimal() {
-        for n in [0, 7, 10, 12345, usize::MAX] {
-            assert_eq!(itoa_buf(n).digits(), n.to_string().as_bytes());
+    fn numbers_and_chunks_are_written_as_the_wire_wants() {
+        for n in [0, 7, 10, 12345, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
         }
+        for n in [0, 9, 10, 255, 4096, usize::MAX] {
+            let mut out = Vec::new();
+            push_chunk_header(&mut out, n);
+            assert_eq!(out, format!("{n:x}\r\n").as_bytes());
+        }
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", HeaderValue::from_static("42"));
+        let mut out = Vec::new();
+        finish_chunked(&mut out, &trailers);
+        assert_eq!(out, b"0\r\nx-checksum: 42\r\n\r\n");
     }
 }

@@ -31,7 +31,8 @@ pub(crate) use body::UpstreamBody;
 pub(crate) use decode::Head;
 pub(crate) use decode::{BodyDecoder, Decoded, Framing, has_token, parse_decimal};
 use decode::{Parsed, parse_head};
-use encode::{BodyFraming, COPY_BODY_UP_TO, chunk_header, request_framing, write_head};
+use encode::{BodyFraming, COPY_BODY_UP_TO, request_framing, write_head};
+pub(crate) use encode::{field, finish_chunked, push_chunk_header, push_decimal};
 
 use crate::body::RequestBody;
 
@@ -182,7 +183,7 @@ impl Conn {
             }
             if chunked {
                 self.write.clear();
-                self.write.extend_from_slice(&chunk_header(data.len()));
+                push_chunk_header(&mut self.write, data.len());
                 self.write.extend_from_slice(&data);
                 self.write.extend_from_slice(b"\r\n");
                 self.stream.write_all(&self.write).await?;
@@ -192,14 +193,7 @@ impl Conn {
         }
         if chunked {
             self.write.clear();
-            self.write.extend_from_slice(b"0\r\n");
-            for (name, value) in trailers.iter().flatten() {
-                self.write.extend_from_slice(name.as_str().as_bytes());
-                self.write.extend_from_slice(b": ");
-                self.write.extend_from_slice(value.as_bytes());
-                self.write.extend_from_slice(b"\r\n");
-            }
-            self.write.extend_from_slice(b"\r\n");
+            finish_chunked(&mut self.write, &trailers.unwrap_or_default());
             self.stream.write_all(&self.write).await?;
         }
         Ok(())
