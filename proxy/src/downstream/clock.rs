@@ -89,40 +89,15 @@ impl Clock {
     }
 }
 
-/// `unix` seconds as an IMF-fixdate (RFC 9110 §5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+/// `unix` seconds as an IMF-fixdate (RFC 9110 §5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`,
+/// formatted by `httpdate` (hyper's own `Date` formatter) into a fixed buffer.
 pub(crate) fn imf_fixdate(unix: u64) -> [u8; DATE_LEN] {
-    const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
-    const MONTHS: [&[u8; 3]; 12] = [
-        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
-        b"Dec",
-    ];
-    let days = unix / 86_400;
-    let secs = unix % 86_400;
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm, for days ≥ 0).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    let mut out = *b"Thu, 01 Jan 1970 00:00:00 GMT";
-    out[..3].copy_from_slice(DAYS[(days % 7) as usize]);
-    two(&mut out[5..7], day);
-    out[8..11].copy_from_slice(MONTHS[(month - 1) as usize]);
-    two(&mut out[12..14], year / 100 % 100);
-    two(&mut out[14..16], year % 100);
-    two(&mut out[17..19], secs / 3600);
-    two(&mut out[20..22], secs / 60 % 60);
-    two(&mut out[23..25], secs % 60);
+    use std::io::Write as _;
+    let date = httpdate::HttpDate::from(UNIX_EPOCH + Duration::from_secs(unix));
+    let mut out = [0u8; DATE_LEN];
+    // An HttpDate is always DATE_LEN bytes (years 1970-9999; the clock is in that range).
+    let _ = write!(&mut out[..], "{date}");
     out
-}
-
-fn two(out: &mut [u8], n: u64) {
-    out[0] = b'0' + (n / 10 % 10) as u8;
-    out[1] = b'0' + (n % 10) as u8;
 }
 
 #[cfg(test)]
