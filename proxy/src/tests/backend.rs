@@ -59,6 +59,18 @@ impl TestBackend {
     pub(crate) fn hits(&self) -> u64 {
         self.hits.load(Ordering::Relaxed)
     }
+
+    /// Waits until the backend has seen `n` requests (panics after 20 s).
+    pub(crate) async fn wait_for_hits(&self, n: u64) {
+        let reached = async {
+            while self.hits() < n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), reached)
+            .await
+            .unwrap_or_else(|_| panic!("the backend saw {} of {n} requests", self.hits()));
+    }
 }
 
 impl Drop for TestBackend {

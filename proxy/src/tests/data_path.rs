@@ -451,14 +451,7 @@ async fn in_flight_requests_finish_during_drain_and_new_connections_are_refused(
     let addr = proxy.addr;
     let in_flight = tokio::spawn(async move { client.get(ORDERS, "/?delay_ms=500").await });
     // Wait until the request reached the backend, then shut down.
-    let arrived = async {
-        while slow.hits() == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), arrived)
-        .await
-        .expect("the request reaches the backend");
+    slow.wait_for_hits(1).await;
     proxy.shutdown_token().cancel();
     let task = proxy.take_task();
     let reply = in_flight.await.unwrap();

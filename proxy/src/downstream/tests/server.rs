@@ -324,12 +324,7 @@ async fn drain_finishes_the_request_in_flight_and_closes_idle_connections_at_onc
     assert_eq!(idle.response(false).await.status, 200);
     let mut busy = Raw::connect(proxy.addr).await;
     busy.send(&get("/?delay_ms=500")).await;
-    let arrived = async {
-        while slow.hits() < 2 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    tokio::time::timeout(PATIENCE, arrived).await.unwrap();
+    slow.wait_for_hits(2).await;
     proxy.shutdown_token().cancel();
     assert!(idle.closed().await, "an idle connection closes at once");
     let response = busy.response(false).await;
