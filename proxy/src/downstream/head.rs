@@ -8,11 +8,11 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::{Buf as _, Bytes, BytesMut};
+use bytes::{Buf as _, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 
-use crate::h1::{Framing, has_token, parse_decimal};
+use crate::h1::{Framing, copy_out, has_token, parse_decimal};
 
 /// A request head longer than this is refused with 431 (Envoy's default limit is 60 KiB,
 /// nginx's 32 KiB; hyper's was ~400 KiB, more than a proxy should hold per slow client).
@@ -105,9 +105,7 @@ pub(crate) fn parse_head(buf: &mut BytesMut, scratch: &mut Scratch) -> Result<Pa
     // One copy of the head (a few hundred bytes) that the target and every field value are
     // slices of. Copied rather than split off: the read buffer stays unshared and is reused;
     // so is the copy's buffer, once the requests whose heads it holds are done.
-    scratch.heads.reserve(len);
-    scratch.heads.extend_from_slice(&buf[..len]);
-    let head: Bytes = scratch.heads.split_to(len).freeze();
+    let head = copy_out(&mut scratch.heads, &buf[..len]);
     let base = buf.as_ptr() as usize;
     let slice = |part: &[u8]| {
         let start = part.as_ptr() as usize - base;

@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::{Buf as _, Bytes};
 use hyper::body::{Frame, SizeHint};
 
-use super::decode::{BodyDecoder, Decoded, Framing, Head};
+use super::decode::{BodyDecoder, Decoded, Framing, Head, copy_out};
 use super::{Conn, Error};
 use crate::balance::InFlight;
 
@@ -51,10 +51,9 @@ impl UpstreamBody {
                 if let Some(conn) = body.conn.as_mut() {
                     let data = match usize::try_from(n) {
                         Ok(n) if n <= COPY_BESIDE_HEAD => {
-                            conn.heads.reserve(n);
-                            conn.heads.extend_from_slice(&conn.read[..n]);
+                            let data = copy_out(&mut conn.heads, &conn.read[..n]);
                             conn.read.advance(n);
-                            Some(conn.heads.split_to(n).freeze())
+                            Some(data)
                         }
                         _ => match body.decoder.decode(&mut conn.read) {
                             Ok(Decoded::Data(data)) => Some(data),

@@ -141,9 +141,7 @@ pub(crate) fn parse_head(
     // rather than split off: the read buffer stays unshared, so the next read reuses it; the
     // copy's buffer is reused too once the responses whose heads it holds are dropped (no
     // allocation per response in the steady state).
-    heads.reserve(len);
-    heads.extend_from_slice(&buf[..len]);
-    let head: Bytes = heads.split_to(len).freeze();
+    let head = copy_out(heads, &buf[..len]);
     let base = buf.as_ptr() as usize;
     let offset = |part: &[u8]| part.as_ptr() as usize - base;
     let mut headers = HeaderMap::with_capacity(response.headers.len());
@@ -217,6 +215,15 @@ fn framing(
         Some(n) => (Framing::Length(n), true),
         None => (Framing::Close, false),
     })
+}
+
+/// `bytes` copied into `buffer` and split off as their own `Bytes`. Once every `Bytes` split
+/// from it is dropped, `buffer` reclaims its memory, so a connection that copies each head (or
+/// small body) this way allocates nothing in the steady state.
+pub(crate) fn copy_out(buffer: &mut BytesMut, bytes: &[u8]) -> Bytes {
+    buffer.reserve(bytes.len());
+    buffer.extend_from_slice(bytes);
+    buffer.split_to(bytes.len()).freeze()
 }
 
 pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {

@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 
 pub(crate) use body::UpstreamBody;
 pub(crate) use decode::Head;
-pub(crate) use decode::{BodyDecoder, Decoded, Framing, has_token, parse_decimal};
+pub(crate) use decode::{BodyDecoder, Decoded, Framing, copy_out, has_token, parse_decimal};
 use decode::{Parsed, parse_head};
 use encode::{BodyFraming, COPY_BODY_UP_TO, request_framing, write_head};
 pub(crate) use encode::{field, finish_chunked, push_chunk_header, push_decimal};
