@@ -417,6 +417,43 @@ async fn five_nodes_survive_two_failures() {
     assert_eq!(ids.len(), 10);
 }
 
+/// What a survivor logs when it campaigns because its leader's port refuses connections.
+const CAMPAIGN_ON_REFUSAL: &str = "the leader's address refuses connections: campaigning now";
+
+/// A killed leader's port refuses connections: the survivors find out on their next redial,
+/// and the one with the lowest id campaigns at once instead of waiting out the election
+/// timeout. Nothing acknowledged is lost, and the old leader rejoins as a follower.
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_leader_is_replaced_without_waiting_out_the_election_timeout() {
+    let mut cluster = cluster(3, &[]).await;
+    let leader = cluster.wait_for_leader(PATIENCE).await;
+    register_retrying(&cluster, leader, "before-the-kill").await;
+    cluster.kill(leader);
+    let survivors: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    let new_leader = new_leader_among(&cluster, &survivors, leader).await;
+    let first = survivors[0];
+    wait_for(
+        "the first survivor to campaign on the refusal",
+        PATIENCE,
+        || async {
+            cluster
+                .log(first)
+                .contains(CAMPAIGN_ON_REFUSAL)
+                .then_some(())
+        },
+    )
+    .await;
+    register_retrying(&cluster, new_leader, "after-the-kill").await;
+    cluster.restart(leader);
+    let (ids, _) = converged(&cluster, &cluster.ids()).await;
+    assert!(ids.contains("before-the-kill"), "{ids:?}");
+    assert!(ids.contains("after-the-kill"), "{ids:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn paused_leader_is_replaced_and_rejoins() {
     let cluster = cluster(3, &[]).await;
@@ -429,6 +466,14 @@ async fn paused_leader_is_replaced_and_rejoins() {
         .collect();
     let new_leader = new_leader_among(&cluster, &others, leader).await;
     register_retrying(&cluster, new_leader, "while-paused").await;
+    // A paused process keeps its port: nobody took the refused-port shortcut.
+    for id in &others {
+        assert!(
+            !cluster.log(*id).contains(CAMPAIGN_ON_REFUSAL),
+            "node {id} campaigned as if the paused leader were gone:\n{}",
+            cluster.log(*id)
+        );
+    }
     cluster.resume(leader);
     let (ids, _) = converged(&cluster, &cluster.ids()).await;
     assert!(ids.contains("while-paused"));

@@ -2,10 +2,12 @@
 //!
 //! Every peer link goes through a TCP proxy owned by the harness: node `i` reaches node `j` at
 //! the address of proxy `i→j`, which forwards to `j`'s real listener. Cutting a proxy drops its
-//! connections and refuses new ones, which is what a network partition looks like to a node —
-//! with no test hook inside the product. Processes can be killed with SIGKILL, restarted on
-//! the same data dir and port, and paused with SIGSTOP/SIGCONT. Everything is stopped on drop,
-//! also when a test panics.
+//! connections and closes new ones as soon as they are accepted, which is what a network
+//! partition looks like to a node — with no test hook inside the product. A proxy to a killed
+//! node refuses connections (its port is closed) until the node listens again, as the node's
+//! own port would. Processes can be killed with SIGKILL, restarted on the same data dir and
+//! port, and paused with SIGSTOP/SIGCONT. Everything is stopped on drop, also when a test
+//! panics.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -420,6 +422,10 @@ impl Drop for ProcessCluster {
 }
 
 /// Accepts on `listener` and pipes each connection to `target`, unless the link is cut.
+///
+/// While `target` refuses connections (its node was killed), so does the proxy: it closes its
+/// listener and opens it again on the same address once `target` accepts, so a node dialling
+/// a dead peer through it sees what it would see dialling the dead peer itself.
 async fn forward(
     listener: TcpListener,
     target: SocketAddr,
@@ -427,10 +433,23 @@ async fn forward(
     cut_now: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
+    let address = listener.local_addr().expect("proxy addr");
+    let mut listener = Some(listener);
     loop {
+        let Some(open) = &listener else {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            if TcpStream::connect(target).await.is_ok() {
+                // On failure (the port taken meanwhile), try again next round.
+                listener = TcpListener::bind(address).await.ok();
+            }
+            continue;
+        };
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
-            a = listener.accept() => a,
+            a = open.accept() => a,
         };
         let Ok((mut inbound, _)) = accepted else {
             continue;
@@ -439,11 +458,17 @@ async fn forward(
             drop(inbound);
             continue;
         }
+        let mut outbound = match TcpStream::connect(target).await {
+            Ok(outbound) => outbound,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    listener = None;
+                }
+                continue;
+            }
+        };
         let (cut_now, shutdown) = (Arc::clone(&cut_now), shutdown.clone());
         tokio::spawn(async move {
-            let Ok(mut outbound) = TcpStream::connect(target).await else {
-                return;
-            };
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 () = cut_now.notified() => {}

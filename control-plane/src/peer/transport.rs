@@ -6,7 +6,9 @@
 //! one client stream open, reconnecting with exponential backoff (50 ms to 1 s); HTTP/2
 //! keep-alives notice a peer that stopped answering (crashed or paused) within ~3 s, and a
 //! stream that takes no frame for [`STALL`] is dropped and dialled again, so one stuck stream
-//! cannot silence a link for good.
+//! cannot silence a link for good. A dial the peer's address refuses (nothing listens there:
+//! the process is gone) is reported as [`Feedback::Down`], so a follower whose leader crashed
+//! need not wait out the election timeout.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, mpsc as std_mpsc};
@@ -181,7 +183,12 @@ impl Link {
             };
             match connected {
                 Err(_) => tracing::debug!("connecting timed out"),
-                Ok(Err(e)) => tracing::debug!(error = %e, "cannot connect"),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "cannot connect");
+                    if refused(&e) {
+                        let _ = self.feedback.send(Feedback::Down(self.to));
+                    }
+                }
                 Ok(Ok(channel)) => {
                     tracing::debug!("connected");
                     backoff = BACKOFF_MIN;
@@ -279,6 +286,23 @@ impl Link {
     }
 }
 
+/// Whether dialling failed because the peer's address refused the connection: its host
+/// answered that nothing listens on that port, so the peer's process is not running. A
+/// timeout, a reset or a failed handshake (a partition, a paused or overloaded peer, a proxy
+/// in between) is not that.
+fn refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// Sends one encoded message as frames of at most [`FRAME_BYTES`]; false if the stream broke
 /// or stalled (a frame not taken within [`STALL`]).
 async fn send_frames(frames: &mpsc::Sender<pb::RaftFrame>, bytes: Vec<u8>) -> bool {
@@ -311,4 +335,82 @@ async fn send_frames(frames: &mpsc::Sender<pb::RaftFrame>, bytes: Vec<u8>) -> bo
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    /// Hang guard only: each wait below normally ends within one redial (50 ms).
+    const PATIENCE: Duration = Duration::from_secs(20);
+
+    /// An address nothing listens on: bound, then closed.
+    fn closed_address() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        drop(listener);
+        address
+    }
+
+    #[tokio::test]
+    async fn only_a_refused_dial_counts_as_refused() {
+        let dialer = Dialer::plain();
+        let options = DialOptions::connect_within(Duration::from_millis(300));
+        let error = dialer
+            .connect(2, &closed_address(), options)
+            .await
+            .expect_err("nothing listens there");
+        assert!(refused(&error), "{error:?}");
+
+        // A listener whose accept queue is full: the kernel drops further SYNs, so a dial
+        // times out as it would into a partition, but it is not a refusal.
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+        let listener = socket.listen(0).expect("listen");
+        let address = listener.local_addr().expect("address");
+        let mut queued = Vec::new();
+        let full = loop {
+            match tokio::time::timeout(
+                Duration::from_millis(200),
+                tokio::net::TcpStream::connect(address),
+            )
+            .await
+            {
+                Ok(stream) => queued.push(stream.expect("connect while the queue has room")),
+                Err(_) => break true,
+            }
+            if queued.len() > 16 {
+                break false;
+            }
+        };
+        assert!(full, "the accept queue never filled");
+        let error = dialer
+            .connect(2, &address.to_string(), options)
+            .await
+            .expect_err("the accept queue is full");
+        assert!(!refused(&error), "{error:?}");
+        drop((queued, listener));
+    }
+
+    #[tokio::test]
+    async fn a_peer_whose_address_refuses_is_reported_down() {
+        let shutdown = CancellationToken::new();
+        let peers = [(2, closed_address())];
+        let transport = GrpcTransport::new(1, &peers, Dialer::plain(), shutdown.clone());
+        let started = Instant::now();
+        let mut seen = Vec::new();
+        while !seen.contains(&Feedback::Down(2)) {
+            assert!(
+                started.elapsed() < PATIENCE,
+                "no Down(2) after {PATIENCE:?}; feedback: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            seen.extend(transport.feedback());
+        }
+        shutdown.cancel();
+        transport.tasks().close();
+        transport.tasks().wait().await;
+    }
 }

@@ -84,6 +84,10 @@ pub(crate) struct Driver<SM: StateMachine> {
     seen: (u64, u64, bool),
     /// Term, leader, commit and applied index for readers outside the driver (metrics).
     progress: std::sync::Arc<super::RaftProgress>,
+    /// The leader whose address was last found refusing connections, until another leader is
+    /// known: while the election it set off is under way (no leader), further refusals from it
+    /// keep prodding the election (see `peer_down`).
+    down_leader: Option<u64>,
 }
 
 /// Answers owed once the applied batch is published.
@@ -124,6 +128,7 @@ impl<SM: StateMachine> Driver<SM> {
             applied,
             seen: (0, ::raft::INVALID_ID, false),
             progress: std::sync::Arc::default(),
+            down_leader: None,
         }
     }
 
@@ -210,6 +215,10 @@ impl<SM: StateMachine> Driver<SM> {
         for feedback in self.transport.feedback() {
             match feedback {
                 super::Feedback::Unreachable(id) => self.node.report_unreachable(id),
+                super::Feedback::Down(id) => {
+                    self.node.report_unreachable(id);
+                    self.peer_down(id);
+                }
                 super::Feedback::Snapshot { to, delivered } => {
                     let status = if delivered {
                         ::raft::SnapshotStatus::Finish
@@ -219,6 +228,60 @@ impl<SM: StateMachine> Driver<SM> {
                     self.node.report_snapshot(to, status);
                 }
             }
+        }
+    }
+
+    /// Peer `id`'s address refuses connections: no process listens there. If `id` is this
+    /// follower's leader, nothing more will come from it until it restarts, and waiting out
+    /// the election timeout (1-2 s by default) only prolongs the outage. So the follower
+    /// stops honouring the leader's lease (it grants pre-votes from now on, as it would once
+    /// the timeout had passed), and the surviving voter with the lowest id campaigns at once;
+    /// the others would campaign at their own timeout if it did not win. Both followers of a
+    /// crashed leader see the refusal within one redial of each other (the link backs off
+    /// from 50 ms), and each further refusal while no leader is known prods the election
+    /// again, so a pre-vote that reached a peer still holding the lease is retried.
+    ///
+    /// A false alarm costs no safety and little else: the pre-vote still needs a quorum that
+    /// has stopped hearing from the leader, so a leader alive and in touch with the other
+    /// followers keeps its place; only a refused port counts (a partition, a paused process or
+    /// a proxy in between time out or reset instead, and take the normal timeout path).
+    fn peer_down(&mut self, id: u64) {
+        let raft = &mut self.node.raft;
+        if raft.state == StateRole::Leader {
+            return;
+        }
+        let known = raft.leader_id;
+        if known == id {
+            self.down_leader = Some(id);
+        } else if known != ::raft::INVALID_ID {
+            self.down_leader = None;
+            return;
+        } else if self.down_leader != Some(id) {
+            return;
+        }
+        let timeout = raft.election_timeout();
+        raft.election_elapsed = raft.election_elapsed.max(timeout);
+        let first = raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|voter| *voter != id)
+            .min();
+        if first == Some(self.id) {
+            info!(
+                leader = id,
+                "the leader's address refuses connections: campaigning now instead of \
+                 waiting out the election timeout"
+            );
+            // A learner, or a node with a membership change still to apply, declines.
+            let _ = self.node.campaign();
+        } else {
+            debug!(
+                leader = id,
+                "the leader's address refuses connections: its lease no longer holds here"
+            );
         }
     }
 

@@ -121,6 +121,11 @@ pub trait Transport: Send + Sync + 'static {
 pub enum Feedback {
     /// A message to this peer could not be delivered: raft slows down probing it.
     Unreachable(u64),
+    /// This peer's address refuses connections: its host is up but no process listens there
+    /// (it crashed, was killed or stopped). Stronger than [`Feedback::Unreachable`], which
+    /// a slow or partitioned peer also earns: a follower whose *leader* is down stops waiting
+    /// out the election timeout (see the driver's `peer_down`).
+    Down(u64),
     /// A snapshot to this peer was handed to the network (`delivered`) or lost.
     Snapshot {
         /// The peer.
