@@ -3,7 +3,8 @@
 //! The driver calls [`Transport::send`] from its loop, so sending never waits: each peer has a
 //! bounded queue ([`QUEUE_DEPTH`]) and a full queue drops the message and reports the peer
 //! unreachable (raft then probes it gently and resends what matters). Each peer's task keeps
-//! one client stream open, reconnecting with exponential backoff (50 ms to 1 s); HTTP/2
+//! one client stream open, reconnecting with exponential backoff (50 ms to 1 s; at once, the
+//! first time, when a stream that had lasted a while breaks); HTTP/2
 //! keep-alives notice a peer that stopped answering (crashed or paused) within ~3 s, and a
 //! stream that takes no frame for [`STALL`] is dropped and dialled again, so one stuck stream
 //! cannot silence a link for good. A dial the peer's address refuses (nothing listens there:
@@ -192,8 +193,17 @@ impl Link {
                 Ok(Ok(channel)) => {
                     tracing::debug!("connected");
                     backoff = BACKOFF_MIN;
+                    let opened = tokio::time::Instant::now();
                     if self.stream(channel).await.is_break() {
                         return;
+                    }
+                    if opened.elapsed() >= BACKOFF_MAX {
+                        // A link that worked for a while broke: dial again at once (as a gRPC
+                        // channel reconnects when a ready connection drops), so a peer that
+                        // died is known as such (refused) without a backoff's delay. A stream
+                        // that keeps breaking as soon as it opens is paced by the backoff.
+                        self.drain_unreachable();
+                        continue;
                     }
                 }
             }
