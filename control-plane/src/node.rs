@@ -27,6 +27,11 @@ use crate::replica::Replica;
 /// stream open must not keep a node from exiting.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Bound on handing leadership over before a graceful stop: two election timeouts. A
+/// transfer normally takes a round trip; one that cannot finish (the other voters
+/// unreachable) must not keep the node from stopping.
+pub const HAND_OFF_PATIENCE: Duration = Duration::from_secs(2);
+
 /// Everything a node needs to run.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -435,6 +440,26 @@ impl Node {
     /// Cancelling this token shuts the node down gracefully.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// What a stop signal should run: hand leadership over if this node leads a cluster
+    /// (bounded by [`HAND_OFF_PATIENCE`]; see [`RaftHandle::hand_off_leadership`]), then shut
+    /// down gracefully (as [`Node::shutdown_token`]).
+    ///
+    /// [`RaftHandle::hand_off_leadership`]: crate::raft::RaftHandle::hand_off_leadership
+    pub fn graceful_stop(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let raft = self.replica.raft().clone();
+        let shutdown = self.shutdown.clone();
+        async move {
+            match raft.hand_off_leadership(HAND_OFF_PATIENCE).await {
+                Ok(Some(leader)) => {
+                    tracing::info!(leader, "leadership handed over before stopping");
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "could not hand leadership over"),
+            }
+            shutdown.cancel();
+        }
     }
 
     /// Runs until shutdown is requested or a task fails; then stops every task and returns

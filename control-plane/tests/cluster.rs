@@ -1188,6 +1188,62 @@ async fn sigterm_stops_a_node_whose_peers_keep_running() {
     }
 }
 
+/// SIGTERM on the leader: before it stops, it hands leadership to the most caught-up
+/// follower, so the cluster leads on without an election (nobody needs the refused-port
+/// shortcut either: the heir leads before the old leader's port closes). The old leader
+/// exits 0 and rejoins as a follower.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_on_the_leader_hands_leadership_over_first() {
+    let mut cluster = cluster(3, &[]).await;
+    let leader = cluster.wait_for_leader(PATIENCE).await;
+    register_retrying(&cluster, leader, "before-the-stop").await;
+    let status = cluster.terminate(leader, PATIENCE).await;
+    let log = cluster.log(leader);
+    assert!(status.is_some_and(|s| s.success()), "{status:?}:\n{log}");
+    let heir: u64 = log
+        .lines()
+        .find(|line| line.contains("leadership handed over before stopping"))
+        .map(without_colours)
+        .and_then(|line| {
+            let rest = line.split("leader=").nth(1)?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no hand-over in the log:\n{log}"));
+    let survivors: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    assert!(survivors.contains(&heir), "heir {heir}");
+    assert_eq!(new_leader_among(&cluster, &survivors, leader).await, heir);
+    for id in &survivors {
+        assert!(
+            !cluster.log(*id).contains(CAMPAIGN_ON_REFUSAL),
+            "node {id} campaigned although leadership was handed over:\n{}",
+            cluster.log(*id)
+        );
+    }
+    register_retrying(&cluster, heir, "after-the-stop").await;
+    cluster.restart(leader);
+    let (ids, _) = converged(&cluster, &cluster.ids()).await;
+    assert!(ids.contains("before-the-stop"), "{ids:?}");
+    assert!(ids.contains("after-the-stop"), "{ids:?}");
+}
+
+/// A log line without its terminal colour codes (`ESC [ ... m`).
+fn without_colours(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
 /// Tokens replicate: one created at the leader works on every node, and once revoked it stops
 /// working on every node.
 #[tokio::test(flavor = "multi_thread")]

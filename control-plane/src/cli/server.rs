@@ -125,11 +125,11 @@ async fn serve(config: NodeConfig, telemetry: &Telemetry, dev: bool) -> Result<(
             data_dir.display()
         ));
     }
-    let shutdown = node.shutdown_token();
+    let stop = node.graceful_stop();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("signal received; shutting down");
-        shutdown.cancel();
+        stop.await;
     });
     node.wait().await.map_err(|e| e.to_string())
 }

@@ -3,7 +3,7 @@
 //! The driver calls [`Transport::send`] from its loop, so sending never waits: each peer has a
 //! bounded queue ([`QUEUE_DEPTH`]) and a full queue drops the message and reports the peer
 //! unreachable (raft then probes it gently and resends what matters). Each peer's task keeps
-//! one client stream open, reconnecting with exponential backoff (50 ms to 1 s; at once, the
+//! one client stream open, reconnecting with exponential backoff (10 ms to 1 s; at once, the
 //! first time, when a stream that had lasted a while breaks); HTTP/2
 //! keep-alives notice a peer that stopped answering (crashed or paused) within ~3 s, and a
 //! stream that takes no frame for [`STALL`] is dropped and dialled again, so one stuck stream
@@ -41,7 +41,7 @@ pub const STALL: Duration = Duration::from_secs(5);
 /// Bound on dialling a peer, TCP and HTTP/2 (and TLS) handshakes together.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(3);
 
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// The raft room's transport over `meridian.v1.Peer` streams.
@@ -353,7 +353,7 @@ mod tests {
 
     use super::*;
 
-    /// Hang guard only: each wait below normally ends within one redial (50 ms).
+    /// Hang guard only: each wait below normally ends within one redial (10 ms).
     const PATIENCE: Duration = Duration::from_secs(20);
 
     /// An address nothing listens on: bound, then closed.

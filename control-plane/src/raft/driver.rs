@@ -237,9 +237,10 @@ impl<SM: StateMachine> Driver<SM> {
     /// stops honouring the leader's lease (it grants pre-votes from now on, as it would once
     /// the timeout had passed), and the surviving voter with the lowest id campaigns at once;
     /// the others would campaign at their own timeout if it did not win. Both followers of a
-    /// crashed leader see the refusal within one redial of each other (the link backs off
-    /// from 50 ms), and each further refusal while no leader is known prods the election
-    /// again, so a pre-vote that reached a peer still holding the lease is retried.
+    /// crashed leader redial it as soon as their streams break, so they see the refusal at
+    /// about the same moment; a pre-vote that still reached a peer holding the lease is
+    /// ignored there, so each further refusal (the link redials after 10, 20, 40 ms...)
+    /// prods the election again while no leader is known.
     ///
     /// A false alarm costs no safety and little else: the pre-vote still needs a quorum that
     /// has stopped hearing from the leader, so a leader alive and in touch with the other
