@@ -12,6 +12,8 @@
 //!    both followers, SIGKILL the leader, then start a new write every [`RETRY_EVERY`],
 //!    alternating between the two survivors (each attempt bounded by [`ATTEMPT_TIMEOUT`], any
 //!    number in flight). The figure is the time from the kill to the first acknowledgement.
+//!    Then the same with SIGTERM instead of SIGKILL: a planned stop, which both systems
+//!    answer by handing leadership to a follower before they exit.
 //! 3. **Scale.** Meridian: [`SCALE_INSTANCES`] registrations over [`SCALE_SERVICES`] services
 //!    by [`SCALE_CLIENTS`] clients at the leader; once every node has applied them, each
 //!    node's RSS (`VmRSS`), then `Cluster/Snapshot` on each node and the size of its data dir;
@@ -207,18 +209,24 @@ pub(crate) async fn run(
         return Ok(());
     }
 
-    // 2. Leader failover, a fresh cluster per run.
+    // 2. Leader failover, a fresh cluster per run: the leader killed, then stopped.
     let mut failovers = Vec::new();
-    for kind in [Kind::Etcd, Kind::Meridian] {
-        let mut times = Vec::with_capacity(FAILOVER_RUNS);
-        for round in 0..FAILOVER_RUNS {
-            let cluster = start(kind).await?;
-            let t = failover(cluster, round).await?;
-            eprintln!("  {kind:?} failover {}: {:.1} ms", round + 1, ms(t));
-            times.push(t);
+    for stop in [Stop::Kill, Stop::Term] {
+        for kind in [Kind::Etcd, Kind::Meridian] {
+            let mut times = Vec::with_capacity(FAILOVER_RUNS);
+            for round in 0..FAILOVER_RUNS {
+                let cluster = start(kind).await?;
+                let t = failover(cluster, stop, round).await?;
+                eprintln!(
+                    "  {kind:?} failover ({stop:?}) {}: {:.1} ms",
+                    round + 1,
+                    ms(t)
+                );
+                times.push(t);
+            }
+            times.sort();
+            failovers.push((stop, kind, times));
         }
-        times.sort();
-        failovers.push((kind, times));
     }
 
     // 3. Scale.
@@ -246,9 +254,18 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// SIGKILLs the leader of `cluster`, then writes through the survivors until one write is
-/// acknowledged; returns the time from the kill to that acknowledgement.
-async fn failover(mut cluster: Cluster, round: usize) -> Result<Duration> {
+/// How the leader is taken down in part 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// SIGKILL: a crash.
+    Kill,
+    /// SIGTERM: a planned stop (a restart, a deploy).
+    Term,
+}
+
+/// Takes the leader of `cluster` down by `stop`, then writes through the survivors until one
+/// write is acknowledged; returns the time from the signal to that acknowledgement.
+async fn failover(mut cluster: Cluster, stop: Stop, round: usize) -> Result<Duration> {
     let mut survivors = Vec::new();
     for (i, node) in cluster.nodes.iter().enumerate() {
         if i != cluster.leader {
@@ -257,7 +274,10 @@ async fn failover(mut cluster: Cluster, round: usize) -> Result<Duration> {
     }
     let kind = cluster.kind;
     let killed = Instant::now();
-    cluster.nodes[cluster.leader].kill()?;
+    match stop {
+        Stop::Kill => cluster.nodes[cluster.leader].kill()?,
+        Stop::Term => cluster.nodes[cluster.leader].terminate()?,
+    }
     let mut attempts = JoinSet::new();
     let mut tick = tokio::time::interval(RETRY_EVERY);
     let mut n = 0usize;
@@ -267,12 +287,12 @@ async fn failover(mut cluster: Cluster, round: usize) -> Result<Duration> {
             _ = tick.tick() => {
                 if killed.elapsed() > FAILOVER_PATIENCE {
                     bail!(
-                        "{kind:?}: no write acknowledged {FAILOVER_PATIENCE:?} after killing \
-                         the leader; last error: {last_error}"
+                        "{kind:?}: no write acknowledged {FAILOVER_PATIENCE:?} after \
+                         stopping the leader ({stop:?}); last error: {last_error}"
                     );
                 }
                 let channel = survivors[n % survivors.len()].clone();
-                let id = format!("failover-{round}-{n}");
+                let id = format!("failover-{stop:?}-{round}-{n}");
                 attempts.spawn(tokio::time::timeout(ATTEMPT_TIMEOUT, attempt(kind, channel, id)));
                 n += 1;
             }
@@ -665,22 +685,27 @@ fn report_writes(
 }
 
 /// Parts 2 and 3.
-fn report(failovers: &[(Kind, Vec<Duration>)], meridian: &MeridianScale, etcd: &EtcdScale) {
+fn report(failovers: &[(Stop, Kind, Vec<Duration>)], meridian: &MeridianScale, etcd: &EtcdScale) {
     println!(
-        "\n### Leader failover: SIGKILL of the leader → first acknowledged write through a \
-         survivor ({FAILOVER_RUNS} runs, fresh cluster each; a new write every \
-         {RETRY_EVERY:?}, alternating between the two survivors)\n"
+        "\n### Leader failover: SIGKILL (a crash) or SIGTERM (a planned stop) of the leader → \
+         first acknowledged write through a survivor ({FAILOVER_RUNS} runs each, fresh cluster \
+         each; a new write every {RETRY_EVERY:?}, alternating between the two survivors)\n"
     );
     println!(
-        "| system | p50 (ms) | min (ms) | max (ms) | all runs, sorted (ms) |\n|---|---:|---:|---:|---|"
+        "| leader | system | p50 (ms) | min (ms) | max (ms) | all runs, sorted (ms) |\n\
+         |---|---|---:|---:|---:|---|"
     );
-    for (kind, times) in failovers {
+    for (stop, kind, times) in failovers {
         let Some(p50) = times.get(times.len() / 2) else {
             continue;
         };
         let all: Vec<String> = times.iter().map(|t| format!("{:.0}", ms(*t))).collect();
+        let how = match stop {
+            Stop::Kill => "SIGKILL",
+            Stop::Term => "SIGTERM",
+        };
         println!(
-            "| {} | **{:.0}** | {:.0} | {:.0} | {} |",
+            "| {how} | {} | **{:.0}** | {:.0} | {:.0} | {} |",
             system(*kind).name(),
             ms(*p50),
             times.first().map_or(0.0, |t| ms(*t)),
