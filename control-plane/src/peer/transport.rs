@@ -405,6 +405,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_refused_dial_over_tls_counts_as_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = meridian_tls::init::InitOptions {
+            nodes: vec![1, 2],
+            names: Vec::new(),
+            clients: Vec::new(),
+        };
+        meridian_tls::init::init(dir.path(), &options).expect("a CA and node certificates");
+        let client = meridian_tls::config::client(
+            &dir.path().join("ca.pem"),
+            Some((
+                &dir.path().join("node-1.pem"),
+                &dir.path().join("node-1-key.pem"),
+            )),
+        )
+        .expect("client config");
+        let error = Dialer::tls(client.config)
+            .connect(
+                2,
+                &closed_address(),
+                DialOptions::connect_within(Duration::from_millis(300)),
+            )
+            .await
+            .expect_err("nothing listens there");
+        assert!(refused(&error), "{error:?}");
+    }
+
+    #[tokio::test]
     async fn a_peer_whose_address_refuses_is_reported_down() {
         let shutdown = CancellationToken::new();
         let peers = [(2, closed_address())];
