@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 const BIN: &str = env!("CARGO_BIN_EXE_meridian");
 const PATIENCE: Duration = Duration::from_secs(30);
 
+/// What a survivor logs when it campaigns because its leader's port refuses connections.
+const CAMPAIGN_ON_REFUSAL: &str = "the leader's address refuses connections: campaigning now";
+
 async fn cluster(n: u64, args: &[&str]) -> ProcessCluster {
     let cluster = ProcessCluster::start(Path::new(BIN), n, args).await;
     let leader = cluster.wait_for_leader(PATIENCE).await;
@@ -140,6 +143,22 @@ impl Load {
     }
 }
 
+/// Every node's id but `node`'s.
+fn all_but(cluster: &ProcessCluster, node: u64) -> Vec<u64> {
+    cluster.ids().into_iter().filter(|id| *id != node).collect()
+}
+
+/// Asserts that none of `nodes` campaigned because its leader's port refused connections.
+fn assert_none_campaigned_on_refusal(cluster: &ProcessCluster, nodes: &[u64]) {
+    for id in nodes {
+        let log = cluster.log(*id);
+        assert!(
+            !log.contains(CAMPAIGN_ON_REFUSAL),
+            "node {id} campaigned on a refused port:\n{log}"
+        );
+    }
+}
+
 /// Waits until `nodes` agree on a leader other than `old`.
 async fn new_leader_among(cluster: &ProcessCluster, nodes: &[u64], old: u64) -> u64 {
     wait_for("a new leader", PATIENCE, || async {
@@ -244,11 +263,7 @@ async fn leader_killed_under_load_loses_no_acknowledged_write() {
     .await;
     cluster.kill(leader);
     let before = load.acked();
-    let survivors: Vec<u64> = cluster
-        .ids()
-        .into_iter()
-        .filter(|id| *id != leader)
-        .collect();
+    let survivors = all_but(&cluster, leader);
     new_leader_among(&cluster, &survivors, leader).await;
     wait_for("writes after the kill", PATIENCE, || async {
         (load.acked() >= before + 100).then_some(())
@@ -417,9 +432,6 @@ async fn five_nodes_survive_two_failures() {
     assert_eq!(ids.len(), 10);
 }
 
-/// What a survivor logs when it campaigns because its leader's port refuses connections.
-const CAMPAIGN_ON_REFUSAL: &str = "the leader's address refuses connections: campaigning now";
-
 /// A killed leader's port refuses connections: the survivors find out on their next redial,
 /// and the one with the lowest id campaigns at once instead of waiting out the election
 /// timeout. Nothing acknowledged is lost, and the old leader rejoins as a follower.
@@ -429,11 +441,7 @@ async fn killed_leader_is_replaced_without_waiting_out_the_election_timeout() {
     let leader = cluster.wait_for_leader(PATIENCE).await;
     register_retrying(&cluster, leader, "before-the-kill").await;
     cluster.kill(leader);
-    let survivors: Vec<u64> = cluster
-        .ids()
-        .into_iter()
-        .filter(|id| *id != leader)
-        .collect();
+    let survivors = all_but(&cluster, leader);
     let new_leader = new_leader_among(&cluster, &survivors, leader).await;
     let first = survivors[0];
     wait_for(
@@ -459,21 +467,11 @@ async fn paused_leader_is_replaced_and_rejoins() {
     let cluster = cluster(3, &[]).await;
     let leader = cluster.wait_for_leader(PATIENCE).await;
     cluster.pause(leader);
-    let others: Vec<u64> = cluster
-        .ids()
-        .into_iter()
-        .filter(|id| *id != leader)
-        .collect();
+    let others = all_but(&cluster, leader);
     let new_leader = new_leader_among(&cluster, &others, leader).await;
     register_retrying(&cluster, new_leader, "while-paused").await;
     // A paused process keeps its port: nobody took the refused-port shortcut.
-    for id in &others {
-        assert!(
-            !cluster.log(*id).contains(CAMPAIGN_ON_REFUSAL),
-            "node {id} campaigned as if the paused leader were gone:\n{}",
-            cluster.log(*id)
-        );
-    }
+    assert_none_campaigned_on_refusal(&cluster, &others);
     cluster.resume(leader);
     let (ids, _) = converged(&cluster, &cluster.ids()).await;
     assert!(ids.contains("while-paused"));
@@ -1209,20 +1207,10 @@ async fn sigterm_on_the_leader_hands_leadership_over_first() {
             rest.split_whitespace().next()?.parse().ok()
         })
         .unwrap_or_else(|| panic!("no hand-over in the log:\n{log}"));
-    let survivors: Vec<u64> = cluster
-        .ids()
-        .into_iter()
-        .filter(|id| *id != leader)
-        .collect();
+    let survivors = all_but(&cluster, leader);
     assert!(survivors.contains(&heir), "heir {heir}");
     assert_eq!(new_leader_among(&cluster, &survivors, leader).await, heir);
-    for id in &survivors {
-        assert!(
-            !cluster.log(*id).contains(CAMPAIGN_ON_REFUSAL),
-            "node {id} campaigned although leadership was handed over:\n{}",
-            cluster.log(*id)
-        );
-    }
+    assert_none_campaigned_on_refusal(&cluster, &survivors);
     register_retrying(&cluster, heir, "after-the-stop").await;
     cluster.restart(leader);
     let (ids, _) = converged(&cluster, &cluster.ids()).await;
