@@ -54,6 +54,8 @@ const WARMUP: u64 = 500;
 const CONNS: usize = 4;
 /// Bound on one measured run of part 1.
 const MAX_RUN: Duration = Duration::from_secs(15);
+/// Starts of one cluster tried before giving up, when ports were taken meanwhile.
+const START_ATTEMPTS: usize = 3;
 /// Fresh clusters (leader kills) per system in part 2.
 const FAILOVER_RUNS: usize = 10;
 /// A new write attempt against a survivor this often after the kill.
@@ -123,10 +125,23 @@ pub(crate) async fn run(
     machine: &str,
 ) -> Result<()> {
     let pin = options.pin;
+    // Ports are picked free (bound to 0, then released) before the servers bind them; across
+    // the ~30 clusters of a run, one was taken in between once (etcd: "bind: address already
+    // in use"). Such a start is retried on fresh ports; any other failure is not.
     let start = |kind| async move {
-        match kind {
-            Kind::Meridian => watch::start_meridian(meridian_bin, data_root, pin).await,
-            Kind::Etcd => watch::start_etcd(etcd_bin, data_root, pin).await,
+        let mut attempt = 1;
+        loop {
+            let started = match kind {
+                Kind::Meridian => watch::start_meridian(meridian_bin, data_root, pin).await,
+                Kind::Etcd => watch::start_etcd(etcd_bin, data_root, pin).await,
+            };
+            match started {
+                Err(e) if attempt < START_ATTEMPTS && port_taken(&e) => {
+                    eprintln!("{kind:?}: a port was taken meanwhile; starting again on others");
+                    attempt += 1;
+                }
+                started => return started,
+            }
         }
     };
     let mut servers = Vec::new();
@@ -237,6 +252,14 @@ pub(crate) async fn run(
     report_writes(&cells, &servers, pin, machine, data_root);
     report(&failovers, &meridian, &etcd);
     Ok(())
+}
+
+/// Whether starting a cluster failed because a port picked free was taken before the server
+/// bound it.
+fn port_taken(error: &anyhow::Error) -> bool {
+    format!("{error:#}")
+        .to_ascii_lowercase()
+        .contains("address already in use")
 }
 
 fn system(kind: Kind) -> System {
