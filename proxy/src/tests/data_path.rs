@@ -6,7 +6,6 @@ use meridian_proto::v1 as pb;
 use super::backend::TestBackend;
 use super::*;
 
-const ORDERS: &str = "orders.cafe.local";
 const DRAIN: Duration = Duration::from_secs(5);
 
 fn id_of(reply: &Reply) -> &str {
@@ -70,11 +69,7 @@ async fn unhealthy_and_removed_endpoints_get_no_traffic() {
         assert_eq!(id_of(&client.get(ORDERS, "/").await), "a");
     }
     assert_eq!(b.hits(), 0);
-    proxy.push(vec![service(
-        ORDERS,
-        None,
-        vec![instance("b", b.addr, "v1", true)],
-    )]);
+    proxy.serve_orders_from("b", b.addr);
     for _ in 0..50 {
         assert_eq!(id_of(&client.get(ORDERS, "/").await), "b");
     }
@@ -442,11 +437,7 @@ async fn failing_endpoints_are_ejected_and_state_survives_updates() {
 async fn in_flight_requests_finish_during_drain_and_new_connections_are_refused() {
     let slow = TestBackend::start("slow").await;
     let mut proxy = Harness::start(None, Duration::from_secs(10)).await;
-    proxy.push(vec![service(
-        ORDERS,
-        None,
-        vec![instance("slow", slow.addr, "v1", true)],
-    )]);
+    proxy.serve_orders_from("slow", slow.addr);
     let client = TestClient::new(proxy.addr, false);
     let addr = proxy.addr;
     let in_flight = tokio::spawn(async move { client.get(ORDERS, "/?delay_ms=500").await });

@@ -105,6 +105,16 @@ impl Harness {
         })
     }
 
+    /// Sends [`ORDERS`] to one healthy `v1` instance, `id` at `addr`, with no route (all of
+    /// its traffic to that instance).
+    pub(crate) fn serve_orders_from(&mut self, id: &str, addr: SocketAddr) {
+        self.push(vec![service(
+            ORDERS,
+            None,
+            vec![instance(id, addr, "v1", true)],
+        )]);
+    }
+
     /// Stops accepting and waits for the drain to finish.
     pub(crate) async fn stop(mut self) {
         self.shutdown.cancel();
@@ -202,6 +212,9 @@ impl TestClient {
         self.send("GET", host, path, &[], "").await
     }
 }
+
+/// The service the tests route.
+pub(crate) const ORDERS: &str = "orders.cafe.local";
 
 /// A service state as a control plane would stream it.
 pub(crate) fn service(

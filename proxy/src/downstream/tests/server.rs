@@ -2,20 +2,15 @@ use std::time::Duration;
 
 use super::raw::{PATIENCE, Raw, echo_backend};
 use crate::tests::backend::TestBackend;
-use crate::tests::{Harness, instance, service};
+use crate::tests::{Harness, ORDERS};
 
-const ORDERS: &str = "orders.cafe.local";
 const DRAIN: Duration = Duration::from_secs(5);
 
 /// A proxy in front of the echo backend.
 async fn proxy_to_echo() -> (Harness, tokio::task::JoinHandle<()>) {
     let (echo, task) = echo_backend().await;
     let mut proxy = Harness::start(None, DRAIN).await;
-    proxy.push(vec![service(
-        ORDERS,
-        None,
-        vec![instance("echo", echo, "v1", true)],
-    )]);
+    proxy.serve_orders_from("echo", echo);
     (proxy, task)
 }
 
@@ -192,11 +187,7 @@ async fn pipelined_requests_are_answered_in_order() {
 async fn a_client_done_sending_still_gets_every_answer() {
     let slow = TestBackend::start("slow").await;
     let mut proxy = Harness::start(None, DRAIN).await;
-    proxy.push(vec![service(
-        ORDERS,
-        None,
-        vec![instance("slow", slow.addr, "v1", true)],
-    )]);
+    proxy.serve_orders_from("slow", slow.addr);
     let mut client = Raw::connect(proxy.addr).await;
     let mut burst = get("/?delay_ms=200");
     burst.extend(get("/"));
@@ -314,11 +305,7 @@ async fn large_bodies_stream_both_ways() {
 async fn drain_finishes_the_request_in_flight_and_closes_idle_connections_at_once() {
     let slow = TestBackend::start("slow").await;
     let mut proxy = Harness::start(None, Duration::from_secs(10)).await;
-    proxy.push(vec![service(
-        ORDERS,
-        None,
-        vec![instance("slow", slow.addr, "v1", true)],
-    )]);
+    proxy.serve_orders_from("slow", slow.addr);
     let mut idle = Raw::connect(proxy.addr).await;
     idle.send(&get("/")).await;
     assert_eq!(idle.response(false).await.status, 200);
@@ -341,11 +328,7 @@ async fn drain_finishes_the_request_in_flight_and_closes_idle_connections_at_onc
 async fn a_slow_client_is_cut_by_the_header_read_timeout() {
     let (echo, _task) = echo_backend().await;
     let mut proxy = Harness::start_with(None, DRAIN, Duration::from_millis(200)).await;
-    proxy.push(vec![service(
-        ORDERS,
-        None,
-        vec![instance("echo", echo, "v1", true)],
-    )]);
+    proxy.serve_orders_from("echo", echo);
     // Half a head, never finished.
     let mut slow = Raw::connect(proxy.addr).await;
     slow.send(format!("GET / HTTP/1.1\r\nHost: {ORDERS}\r\n").as_bytes())
