@@ -12,8 +12,8 @@ use std::time::Instant;
 use hyper::{StatusCode, Version};
 use meridian_proto::v1 as pb;
 use meridian_tests::mesh::{
-    Call, Mesh, Outcome, PATIENCE, SERVICE, header_rule, prefix_rule, prometheus, route, split,
-    with_retry,
+    Call, Mesh, Outcome, PATIENCE, SERVICE, balanced, header_rule, prefix_rule, prometheus, route,
+    split, with_retry,
 };
 use meridian_tests::wait_for;
 
@@ -123,13 +123,10 @@ async fn deregistered_and_unhealthy_endpoints_stop_getting_traffic() {
     let mut mesh = Mesh::start(&[("v1", 3)]).await;
     // Round robin, so that an endpoint back in the pool gets the very next turns (P2C-EWMA
     // would rightly prefer the endpoints it has fast measurements of, for a while).
-    mesh.apply(pb::Route {
-        load_balancer: Some(pb::LoadBalancer {
-            policy: pb::LoadBalancerPolicy::RoundRobin as i32,
-            hash_header: String::new(),
-        }),
-        ..route(vec![split(&[("v1", 1)])])
-    })
+    mesh.apply(balanced(
+        pb::LoadBalancerPolicy::RoundRobin,
+        vec![split(&[("v1", 1)])],
+    ))
     .await;
     let tally = mesh.client().tally(&Call::get("/"), 60, 1).await;
     assert_eq!(tally.failures, 0, "{:?}", tally.first_failure);

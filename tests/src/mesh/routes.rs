@@ -15,6 +15,18 @@ pub fn route(rules: Vec<pb::RouteRule>) -> pb::Route {
     }
 }
 
+/// A route with these rules whose endpoints are picked by `policy` (no hash header: a ring
+/// hash then keys on the client's IP).
+pub fn balanced(policy: pb::LoadBalancerPolicy, rules: Vec<pb::RouteRule>) -> pb::Route {
+    pb::Route {
+        load_balancer: Some(pb::LoadBalancer {
+            policy: policy as i32,
+            hash_header: String::new(),
+        }),
+        ..route(rules)
+    }
+}
+
 /// A rule matching every request, splitting it by `version`: `[("v1", 80), ("v2", 20)]`.
 pub fn split(weights: &[(&str, u32)]) -> pb::RouteRule {
     pb::RouteRule {
