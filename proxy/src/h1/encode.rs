@@ -84,18 +84,7 @@ pub(crate) fn request_framing(
 
 /// Appends the start of one chunk of a chunked body: its size in hex and CRLF (no allocation).
 pub(crate) fn push_chunk_header(out: &mut Vec<u8>, len: usize) {
-    let mut digits = [0u8; 16];
-    let mut start = digits.len();
-    let mut n = len;
-    loop {
-        start -= 1;
-        digits[start] = b"0123456789abcdef"[n % 16];
-        n /= 16;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[start..]);
+    push_digits(out, len as u64, 16);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -118,13 +107,17 @@ pub(crate) fn field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 
 /// Appends `n` in decimal (no allocation).
 pub(crate) fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    push_digits(out, n, 10);
+}
+
+/// Appends `n` in base `radix` (10 or 16; lower-case hex digits), without allocating.
+fn push_digits(out: &mut Vec<u8>, mut n: u64, radix: u64) {
     let mut digits = [0u8; 20];
     let mut start = digits.len();
-    let mut n = n;
     loop {
         start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
+        digits[start] = b"0123456789abcdef"[(n % radix) as usize];
+        n /= radix;
         if n == 0 {
             break;
         }
