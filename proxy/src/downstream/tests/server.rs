@@ -18,6 +18,16 @@ fn get(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: {ORDERS}\r\n\r\n").into_bytes()
 }
 
+/// Sends `GET path` on `client` and checks the echo backend's answer: the connection still
+/// carries requests.
+async fn get_echoed(client: &mut Raw, path: &str) {
+    client.send(&get(path)).await;
+    assert_eq!(
+        client.response(false).await.text(),
+        format!("GET {path} body= trailers=")
+    );
+}
+
 #[tokio::test]
 async fn malformed_heads_are_answered_400_saying_why_and_closed() {
     let (proxy, _echo) = proxy_to_echo().await;
@@ -110,11 +120,7 @@ async fn a_chunked_request_body_and_its_trailers_reach_the_backend() {
         "POST /upload body=hello world trailers=x-checksum:42"
     );
     // The connection carries the next request.
-    client.send(&get("/next")).await;
-    assert_eq!(
-        client.response(false).await.text(),
-        "GET /next body= trailers="
-    );
+    get_echoed(&mut client, "/next").await;
 }
 
 #[tokio::test]
@@ -294,11 +300,7 @@ async fn large_bodies_stream_both_ways() {
     let response = client.response(false).await;
     assert_eq!(response.status, 200);
     assert!(response.body == body, "the body came back whole");
-    client.send(&get("/again")).await;
-    assert_eq!(
-        client.response(false).await.text(),
-        "GET /again body= trailers="
-    );
+    get_echoed(&mut client, "/again").await;
 }
 
 #[tokio::test]
@@ -336,10 +338,6 @@ async fn a_slow_client_is_cut_by_the_header_read_timeout() {
     assert!(slow.closed().await, "cut without an answer");
     // An idle kept-alive connection too, after its answer.
     let mut idle = Raw::connect(proxy.addr).await;
-    idle.send(&get("/one")).await;
-    assert_eq!(
-        idle.response(false).await.text(),
-        "GET /one body= trailers="
-    );
+    get_echoed(&mut idle, "/one").await;
     assert!(idle.closed().await);
 }
