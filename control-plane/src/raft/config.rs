@@ -98,6 +98,12 @@ impl RaftConfig {
         self.raft_config(0).map(drop)
     }
 
+    /// How often a leader sends heartbeats.
+    pub(crate) fn heartbeat_interval(&self) -> Duration {
+        let ticks = u32::try_from(self.heartbeat_ticks).unwrap_or(u32::MAX);
+        self.tick_interval.saturating_mul(ticks)
+    }
+
     /// The voter ids to bootstrap an empty data dir with.
     pub(crate) fn voter_ids(&self) -> Vec<u64> {
         if self.join {

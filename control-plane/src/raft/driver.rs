@@ -50,6 +50,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::acks::RepeatedAcks;
 use super::burst::Bursts;
 use super::compaction::{Compactions, Serialized};
 use super::handle::{MemberStatus, MembershipChange, Msg, RaftStatus};
@@ -88,6 +89,8 @@ pub(crate) struct Driver<SM: StateMachine> {
     /// known: while the election it set off is under way (no leader), further refusals from it
     /// keep prodding the election (see `peer_down`).
     down_leader: Option<u64>,
+    /// A follower's acknowledgements its leader already has: not sent again.
+    acks: RepeatedAcks,
 }
 
 /// Answers owed once the applied batch is published.
@@ -129,6 +132,7 @@ impl<SM: StateMachine> Driver<SM> {
             seen: (0, ::raft::INVALID_ID, false),
             progress: std::sync::Arc::default(),
             down_leader: None,
+            acks: RepeatedAcks::new(config.heartbeat_interval()),
         }
     }
 
@@ -214,9 +218,13 @@ impl<SM: StateMachine> Driver<SM> {
     fn report_feedback(&mut self) {
         for feedback in self.transport.feedback() {
             match feedback {
-                super::Feedback::Unreachable(id) => self.node.report_unreachable(id),
+                super::Feedback::Unreachable(id) => {
+                    self.node.report_unreachable(id);
+                    self.acks.forget(id);
+                }
                 super::Feedback::Down(id) => {
                     self.node.report_unreachable(id);
+                    self.acks.forget(id);
                     self.peer_down(id);
                 }
                 super::Feedback::Snapshot { to, delivered } => {
@@ -674,7 +682,9 @@ impl<SM: StateMachine> Driver<SM> {
         self.seen = now;
     }
 
-    fn send(&self, msgs: Vec<::raft::eraftpb::Message>) {
+    fn send(&mut self, mut msgs: Vec<::raft::eraftpb::Message>) {
+        let now = std::time::Instant::now();
+        msgs.retain(|msg| !self.acks.is_repeat(msg, now));
         if !msgs.is_empty() {
             self.transport.send(msgs);
         }

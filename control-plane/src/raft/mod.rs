@@ -31,6 +31,7 @@
 //! `compaction.rs` snapshots taken off the driver thread · `logger.rs` slog → tracing ·
 //! `progress.rs` [`RaftProgress`], term/leader/indexes readable without a driver round trip.
 
+mod acks;
 mod burst;
 mod compaction;
 mod config;
