@@ -327,6 +327,61 @@ async fn minority_cannot_commit_and_healing_converges() {
     );
 }
 
+/// A follower does not send an acknowledgement again that repeats one the leader already has
+/// (`raft/acks.rs`). One that was lost must still go out: here the only follower left holds
+/// the write's entry, but its link to the leader was cut as it acknowledged it. Once the link
+/// is back, the write commits with no other write to carry it along.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_acknowledgement_is_sent_again() {
+    let mut cluster = cluster(3, &[]).await;
+    let leader = cluster.wait_for_leader(PATIENCE).await;
+    let followers = all_but(&cluster, leader);
+    let (follower, dead) = (followers[0], followers[1]);
+    cluster.kill(dead);
+    let last_index = |id| {
+        let cluster = &cluster;
+        async move { cluster.status(id).await.map_or(0, |s| s.last_index) }
+    };
+    let before = last_index(follower).await;
+    assert!(before > 0, "the follower's status has no log");
+
+    cluster.cut_one_way(follower, leader);
+    let mut registry = cluster.registry(leader);
+    let write =
+        tokio::spawn(async move { registry.register_instance(registration("lost-ack")).await });
+    wait_for("the entry at the follower", PATIENCE, || async {
+        (last_index(follower).await > before).then_some(())
+    })
+    .await;
+    // The follower wrote the entry and answered into the cut link; the leader heard nothing.
+    let status = cluster.status(leader).await.expect("leader status");
+    assert_eq!(
+        status.role,
+        pb::Role::Leader as i32,
+        "the leader stepped down (check-quorum: over an election timeout passed since the cut)"
+    );
+    assert!(
+        status.commit_index <= before,
+        "committed without the follower's acknowledgement: commit {} > {before}",
+        status.commit_index
+    );
+
+    cluster.heal();
+    let written = tokio::time::timeout(PATIENCE, write)
+        .await
+        .expect("the write hangs after the link came back")
+        .expect("write task")
+        .unwrap_or_else(|e| panic!("the write failed: {e}\n{}", cluster.log(follower)));
+    assert!(written.into_inner().revision > 0);
+    let ids = wait_for("the write applied at the follower", PATIENCE, || async {
+        ids_on(&cluster, follower)
+            .await
+            .filter(|ids| ids.contains("lost-ack"))
+    })
+    .await;
+    assert_eq!(ids, BTreeSet::from(["lost-ack".to_owned()]));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn lagging_follower_catches_up_by_snapshot() {
     let cluster = cluster(3, &["--snapshot-every", "20"]).await;

@@ -493,6 +493,8 @@ fn restart_from_a_compacted_log() {
         snapshot < status["applied_index"].as_u64().unwrap(),
         "{status}"
     );
+    // A node alone commits what it wrote: its log ends at its commit index.
+    assert_eq!(status["last_index"], status["commit_index"], "{status}");
     let before = server.ok(&["instance", "list", "orders.cafe.local", "--json"]);
     server.kill_9();
 

@@ -353,13 +353,18 @@ impl ProcessCluster {
     pub fn partition(&self, a: &[u64], b: &[u64]) {
         for &x in a {
             for &y in b {
-                for key in [(x, y), (y, x)] {
-                    if let Some(link) = self.links.get(&key) {
-                        link.cut.store(true, Ordering::SeqCst);
-                        link.cut_now.notify_waiters();
-                    }
-                }
+                self.cut_one_way(x, y);
+                self.cut_one_way(y, x);
             }
+        }
+    }
+
+    /// Cuts the link `from` dials `to` on, and with it every message `from` sends `to`; what
+    /// `to` sends `from` still arrives (each node sends on the connection it dialled).
+    pub fn cut_one_way(&self, from: u64, to: u64) {
+        if let Some(link) = self.links.get(&(from, to)) {
+            link.cut.store(true, Ordering::SeqCst);
+            link.cut_now.notify_waiters();
         }
     }
 

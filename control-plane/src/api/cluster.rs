@@ -192,6 +192,7 @@ impl ClusterApi for ClusterService {
             commit_index: raft.commit_index,
             applied_index: raft.applied_index,
             snapshot_index: raft.snapshot_index,
+            last_index: raft.last_index,
             revision: self.replica.current().registry.revision(),
             members: raft
                 .members

@@ -511,6 +511,7 @@ async fn cluster_status(mut client: ClusterClient<Channel>, json: bool) -> Outco
             "commit_index": s.commit_index,
             "applied_index": s.applied_index,
             "snapshot_index": s.snapshot_index,
+            "last_index": s.last_index,
             "revision": s.revision,
             "members": s.members.iter().map(|m| json!({
                 "id": m.id, "address": m.address, "voter": m.voter, "match_index": m.match_index,
