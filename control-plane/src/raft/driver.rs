@@ -23,7 +23,8 @@
 //! 6. `persisted_messages()`: sent only now, after the fsync. These are votes and append
 //!    acknowledgements: a vote forgotten in a crash lets this node vote twice in one term (two
 //!    leaders), and an acknowledgement for entries not yet on disk lets a leader count a quorum
-//!    that a crash can shrink, so a "committed" entry could vanish.
+//!    that a crash can shrink, so a "committed" entry could vanish. An acknowledgement that
+//!    repeats one the leader already has is not sent at all (see `acks.rs`).
 //! 7. `advance`, then the light ready: new commit index (recorded; it needs no fsync), messages,
 //!    committed entries (applied), then `advance_apply`.
 //!
