@@ -1,5 +1,6 @@
 //! [`Telemetry`]: the OpenTelemetry providers a [`TelemetryConfig`] asks for.
 
+use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
@@ -151,6 +152,7 @@ impl Telemetry {
     }
 
     /// Installs this process's global `tracing` subscriber: human-readable logs to stderr
+    /// (coloured only when stderr is a terminal)
     /// filtered by `RUST_LOG` (or `default_filter`), plus the OpenTelemetry layer when
     /// exporting (and the same tracer provider as the global one, for spans built with the
     /// OpenTelemetry API); and W3C trace-context propagation for `traceparent` headers.
@@ -169,7 +171,13 @@ impl Telemetry {
         }
         tracing_subscriber::registry()
             .with(filter)
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    // Colour for a person at a terminal; plain text for a file, a pipe or
+                    // journald, where escape codes only get in the way of grep.
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
             .with(self.layer())
             .try_init()?;
         Ok(())
