@@ -342,11 +342,7 @@ impl ProcessCluster {
 
     fn signal(&self, id: u64, signal: &str) {
         let child = self.nodes[&id].child.as_ref().expect("node runs");
-        let status = Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {signal} failed");
+        crate::send_signal(child.id(), signal).expect("signal the node");
     }
 
     /// Cuts every link between a node of `a` and a node of `b`, both ways.

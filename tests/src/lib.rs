@@ -312,6 +312,21 @@ pub async fn create_ttl_service(
         .expect("create a service with a TTL check");
 }
 
+/// Sends `signal` (as `kill` names it: `-TERM`, `-STOP`, `-CONT`...) to process `pid`.
+/// Err if `kill` could not run or refused (no such process, say).
+pub fn send_signal(pid: u32, signal: &str) -> std::io::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "kill {signal} {pid}: {status}"
+        )))
+    }
+}
+
 /// A loopback address whose port was free a moment ago, for a process that binds it itself.
 ///
 /// The port comes from below the kernel's ephemeral range (`ip_local_port_range`, 32768+ by

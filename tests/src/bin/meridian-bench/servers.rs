@@ -125,12 +125,8 @@ impl ServerGuard {
     /// SIGTERM: asks the process to stop gracefully, and returns at once (the process is
     /// reaped on drop).
     pub(crate) fn terminate(&mut self) -> Result<()> {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .with_context(|| format!("sending SIGTERM to {}", self.name))?;
-        anyhow::ensure!(status.success(), "kill -TERM {} failed", self.name);
-        Ok(())
+        meridian_tests::send_signal(self.child.id(), "-TERM")
+            .with_context(|| format!("sending SIGTERM to {}", self.name))
     }
 
     /// Kills the process if it still runs, then starts the same command again on the same
