@@ -296,7 +296,7 @@ async fn failover(mut cluster: Cluster, stop: Stop, round: usize) -> Result<Dura
         }
     }
     let kind = cluster.kind;
-    let killed = Instant::now();
+    let signalled = Instant::now();
     match stop {
         Stop::Kill => cluster.nodes[cluster.leader].kill()?,
         Stop::Term => cluster.nodes[cluster.leader].terminate()?,
@@ -308,7 +308,7 @@ async fn failover(mut cluster: Cluster, stop: Stop, round: usize) -> Result<Dura
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if killed.elapsed() > FAILOVER_PATIENCE {
+                if signalled.elapsed() > FAILOVER_PATIENCE {
                     bail!(
                         "{kind:?}: no write acknowledged {FAILOVER_PATIENCE:?} after \
                          stopping the leader ({stop:?}); last error: {last_error}"
@@ -320,7 +320,7 @@ async fn failover(mut cluster: Cluster, stop: Stop, round: usize) -> Result<Dura
                 n += 1;
             }
             Some(done) = attempts.join_next() => match done {
-                Ok(Ok(Ok(acked))) => return Ok(acked.duration_since(killed)),
+                Ok(Ok(Ok(acked))) => return Ok(acked.duration_since(signalled)),
                 Ok(Ok(Err(e))) => last_error = format!("{e:#}"),
                 Ok(Err(_)) => last_error = "attempt timed out".to_owned(),
                 Err(e) => last_error = e.to_string(),
