@@ -13,7 +13,7 @@ use hyper::{StatusCode, Version};
 use meridian_proto::v1 as pb;
 use meridian_tests::mesh::{
     Call, Mesh, Outcome, PATIENCE, SERVICE, balanced, header_rule, prefix_rule, prometheus, route,
-    split, with_retry,
+    split, with_balancer, with_retry,
 };
 use meridian_tests::wait_for;
 
@@ -228,8 +228,14 @@ async fn a_post_is_not_retried_past_a_reset_unless_allowed() {
         disabled: true,
         ..Default::default()
     };
-    mesh.apply(with_retry(split(&[("v1", 1)]), retry.clone(), outlier))
-        .await;
+    // Round robin, so both backends get POSTs. Under P2C-EWMA sequential requests all go to
+    // the endpoint with the lower latency estimate: the resetting one (a reset is fast) or,
+    // when the other answered first, never the resetting one.
+    mesh.apply(with_balancer(
+        pb::LoadBalancerPolicy::RoundRobin,
+        with_retry(split(&[("v1", 1)]), retry.clone(), outlier),
+    ))
+    .await;
     mesh.backend("v1-0").set_reset(true);
 
     // Sequential POSTs, counting what each backend saw from here on.
@@ -262,7 +268,11 @@ async fn a_post_is_not_retried_past_a_reset_unless_allowed() {
     println!(
         "{sent} POSTs: {ok} ok, {failed} failed with 502; v1-0 (resets) saw {reset}, v1-1 {served}"
     );
-    assert!(reset >= 1, "the balancer never picked v1-0 in {sent} POSTs");
+    assert_eq!(
+        reset,
+        sent / 2,
+        "round robin sends every other POST to v1-0"
+    );
     assert_eq!(
         (failed, ok),
         (reset, served),
@@ -283,8 +293,11 @@ async fn a_post_is_not_retried_past_a_reset_unless_allowed() {
         disabled: true,
         ..Default::default()
     };
-    mesh.apply(with_retry(split(&[("v1", 1)]), retry_all, outlier))
-        .await;
+    mesh.apply(with_balancer(
+        pb::LoadBalancerPolicy::RoundRobin,
+        with_retry(split(&[("v1", 1)]), retry_all, outlier),
+    ))
+    .await;
     let tally = mesh.client().tally(&post, 40, 1).await;
     assert_eq!(
         tally.failures, 0,

@@ -18,12 +18,17 @@ pub fn route(rules: Vec<pb::RouteRule>) -> pb::Route {
 /// A route with these rules whose endpoints are picked by `policy` (no hash header: a ring
 /// hash then keys on the client's IP).
 pub fn balanced(policy: pb::LoadBalancerPolicy, rules: Vec<pb::RouteRule>) -> pb::Route {
+    with_balancer(policy, route(rules))
+}
+
+/// `route` with its endpoints picked by `policy`.
+pub fn with_balancer(policy: pb::LoadBalancerPolicy, route: pb::Route) -> pb::Route {
     pb::Route {
         load_balancer: Some(pb::LoadBalancer {
             policy: policy as i32,
             hash_header: String::new(),
         }),
-        ..route(rules)
+        ..route
     }
 }
 
