@@ -282,7 +282,7 @@ struct ServiceCreateArgs {
     /// TTL of DNS answers, e.g. 5s.
     #[arg(long, value_parser = parse::duration)]
     dns_ttl: Option<std::time::Duration>,
-    /// Health check: http:/PATH, tcp, grpc[:SERVICE] or ttl:DURATION.
+    /// Health check: http:/PATH, tcp, grpc, grpc:SERVICE or ttl:DURATION.
     #[arg(long)]
     check: Option<String>,
     /// Between two active checks, e.g. 10s.

@@ -2,7 +2,7 @@
 //!
 //! Serializing the whole registry takes time proportional to its size; on the driver thread
 //! it stalled every commit, heartbeat and vote for that long. Instead the driver takes a
-//! [`Snapshotter`](super::Snapshotter) (an O(1) clone of the state, thanks to its persistent
+//! [`Snapshotter`] (an O(1) clone of the state, thanks to its persistent
 //! maps) and runs it on a short-lived thread, which serializes straight into a new snapshot
 //! file and fsyncs it ([`snapfile::write`]: no whole-state buffer, no large write on the driver
 //! thread). When the file is complete, the driver records it and compacts the log

@@ -113,7 +113,7 @@ impl MeshClient {
         }
     }
 
-    /// Sends `call`; `Err` on a transport error or after [`REQUEST_PATIENCE`].
+    /// Sends `call`; `Err` on a transport error or after 30 s without an answer.
     pub async fn send(&self, call: &Call) -> Result<Reply, String> {
         let mut builder = Request::builder()
             .method(call.method.clone())
