@@ -96,12 +96,7 @@ impl Server {
 
     /// SIGTERM, then the exit status (the process must exit on its own).
     fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(sent.success());
+        meridian_tests::send_signal(self.child.id(), "-TERM").expect("send SIGTERM");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -577,11 +572,7 @@ impl Group {
     }
 
     fn signal(&self, signal: &str) {
-        let sent = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "kill {signal}");
+        meridian_tests::send_signal(self.child.id(), signal).expect("send the signal");
     }
 
     /// Waits for the process to exit on its own.

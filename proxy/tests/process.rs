@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 
 use meridian_tests::mesh::{Call, Mesh, MeshClient, PATIENCE, SERVICE};
 use meridian_tests::otlp::{Collector, attribute, hex};
-use meridian_tests::{free_loopback_addr, wait_for};
+use meridian_tests::{free_loopback_addr, send_signal, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meridian-proxy");
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -75,11 +75,7 @@ async fn the_binary_exports_spans_with_its_resource_and_flushes_on_sigterm() {
     let proxy_span = upstream[36..52].to_owned();
 
     // SIGTERM: drain, then flush the batch of spans (sent before the SDK's 5 s schedule).
-    let status = Command::new("kill")
-        .args(["-TERM", &proxy.0.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
+    send_signal(proxy.0.id(), "-TERM").expect("send SIGTERM");
     let exited = wait_for("the proxy to exit after SIGTERM", PATIENCE, || {
         let done = proxy.0.try_wait().expect("try_wait");
         async move { done }

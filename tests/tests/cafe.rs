@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use meridian_tests::otlp::{Collector, ReceivedSpan, attribute, hex};
+use meridian_tests::send_signal;
 
 /// The script's whole run: a cluster, six services, four steps. About 5 s on an idle machine.
 const SCRIPT_PATIENCE: Duration = Duration::from_secs(180);
@@ -53,7 +54,8 @@ impl Drop for ScriptGuard {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
-        signal("TERM", self.child.id());
+        // Errors ignored: a guard in a drop, and the process may be gone already.
+        let _ = send_signal(self.child.id(), "-TERM");
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
             std::thread::sleep(Duration::from_millis(50));
@@ -63,16 +65,10 @@ impl Drop for ScriptGuard {
         let _ = self.child.wait();
         for (pid, _) in read_pids(&self.pid_file) {
             if alive(pid) {
-                signal("KILL", pid);
+                let _ = send_signal(pid, "-KILL");
             }
         }
     }
-}
-
-fn signal(name: &str, pid: u32) {
-    let _ = Command::new("kill")
-        .args([format!("-{name}"), pid.to_string()])
-        .status();
 }
 
 /// Whether `pid` is a running process (a zombie has finished).
