@@ -227,7 +227,12 @@ impl<O: Send + 'static> RaftHandle<O> {
         while tokio::time::Instant::now() < deadline {
             let status = self.status().await?;
             match (status.role, status.leader_id) {
-                (Role::Leader, _) => self.transfer_leader(heir).await?,
+                // The node can step down between the status and the request (the transfer
+                // asked for on the last turn succeeded): the election under way decides.
+                (Role::Leader, _) => match self.transfer_leader(heir).await {
+                    Ok(()) | Err(ProposeError::NotLeader { .. }) => {}
+                    Err(e) => return Err(e),
+                },
                 (_, Some(leader)) => return Ok(Some(leader)),
                 (_, None) => {}
             }
