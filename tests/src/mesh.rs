@@ -12,7 +12,9 @@ pub mod prometheus;
 mod routes;
 
 pub use client::{Call, Load, MeshClient, Outcome, Reply, Tally};
-pub use routes::{balanced, header_rule, prefix_rule, route, split, with_balancer, with_retry};
+pub use routes::{
+    header_rule, prefix_rule, retrying_in_turn, route, split, with_balancer, with_retry,
+};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -12,8 +12,8 @@ use std::time::Instant;
 use hyper::{StatusCode, Version};
 use meridian_proto::v1 as pb;
 use meridian_tests::mesh::{
-    Call, Mesh, Outcome, PATIENCE, SERVICE, balanced, header_rule, prefix_rule, prometheus, route,
-    split, with_balancer, with_retry,
+    Call, Mesh, Outcome, PATIENCE, SERVICE, header_rule, prefix_rule, prometheus, retrying_in_turn,
+    route, split, with_balancer, with_retry,
 };
 use meridian_tests::wait_for;
 
@@ -123,9 +123,9 @@ async fn deregistered_and_unhealthy_endpoints_stop_getting_traffic() {
     let mut mesh = Mesh::start(&[("v1", 3)]).await;
     // Round robin, so that an endpoint back in the pool gets the very next turns (P2C-EWMA
     // would rightly prefer the endpoints it has fast measurements of, for a while).
-    mesh.apply(balanced(
+    mesh.apply(with_balancer(
         pb::LoadBalancerPolicy::RoundRobin,
-        vec![split(&[("v1", 1)])],
+        route(vec![split(&[("v1", 1)])]),
     ))
     .await;
     let tally = mesh.client().tally(&Call::get("/"), 60, 1).await;
@@ -223,19 +223,8 @@ async fn a_post_is_not_retried_past_a_reset_unless_allowed() {
         retry_on: vec![pb::RetryOn::Reset as i32],
         ..Default::default()
     };
-    // Outlier detection off: the resetting backend must stay in rotation for the counts.
-    let outlier = pb::OutlierDetection {
-        disabled: true,
-        ..Default::default()
-    };
-    // Round robin, so both backends get POSTs. Under P2C-EWMA sequential requests all go to
-    // the endpoint with the lower latency estimate: the resetting one (a reset is fast) or,
-    // when the other answered first, never the resetting one.
-    mesh.apply(with_balancer(
-        pb::LoadBalancerPolicy::RoundRobin,
-        with_retry(split(&[("v1", 1)]), retry.clone(), outlier),
-    ))
-    .await;
+    // The backends take turns, and the resetting one stays in rotation for the counts.
+    mesh.apply(retrying_in_turn("v1", retry.clone())).await;
     mesh.backend("v1-0").set_reset(true);
 
     // Sequential POSTs, counting what each backend saw from here on.
@@ -289,15 +278,7 @@ async fn a_post_is_not_retried_past_a_reset_unless_allowed() {
         retry_non_idempotent: true,
         ..retry
     };
-    let outlier = pb::OutlierDetection {
-        disabled: true,
-        ..Default::default()
-    };
-    mesh.apply(with_balancer(
-        pb::LoadBalancerPolicy::RoundRobin,
-        with_retry(split(&[("v1", 1)]), retry_all, outlier),
-    ))
-    .await;
+    mesh.apply(retrying_in_turn("v1", retry_all)).await;
     let tally = mesh.client().tally(&post, 40, 1).await;
     assert_eq!(
         tally.failures, 0,

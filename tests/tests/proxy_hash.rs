@@ -12,7 +12,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use meridian_proto::v1 as pb;
 use meridian_tests::backend::ID_HEADER;
-use meridian_tests::mesh::{Mesh, SERVICE, balanced, split};
+use meridian_tests::mesh::{Mesh, SERVICE, route, split, with_balancer};
 use tokio::net::TcpSocket;
 
 /// Sends one GET from `source` to the proxy on a new connection; the backend that answered.
@@ -50,9 +50,9 @@ async fn backend_for(proxy: SocketAddr, source: Ipv4Addr) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ring_hash_without_a_header_keeps_each_client_ip_on_one_endpoint() {
     let mut mesh = Mesh::start(&[("v1", 3)]).await;
-    mesh.apply(balanced(
+    mesh.apply(with_balancer(
         pb::LoadBalancerPolicy::RingHash,
-        vec![split(&[("v1", 1)])],
+        route(vec![split(&[("v1", 1)])]),
     ))
     .await;
     let proxy = mesh.proxy().listen_addr();

@@ -16,7 +16,7 @@ use meridian_proto::v1 as pb;
 use meridian_proxy::ProxyTelemetry;
 use meridian_telemetry::{Sampling, Telemetry, TelemetryArgs};
 use meridian_tests::mesh::{
-    Call, Mesh, PATIENCE, SERVICE, prometheus, route, split, with_balancer, with_retry,
+    Call, Mesh, PATIENCE, SERVICE, prometheus, retrying_in_turn, route, split,
 };
 use meridian_tests::otlp::{Collector, attribute, hex, int_attribute};
 use meridian_tests::wait_for;
@@ -285,18 +285,8 @@ async fn a_retried_request_names_its_last_endpoint_and_counts_its_retries() {
         attempts: 3,
         ..Default::default() // connect failures, resets, gateway errors
     };
-    // Outlier detection off: the resetting backend stays in rotation, so retries happen.
-    // Round robin: under P2C-EWMA sequential requests all go to the endpoint with the lower
-    // latency estimate, which need not be the resetting one.
-    let outlier = pb::OutlierDetection {
-        disabled: true,
-        ..Default::default()
-    };
-    mesh.apply(with_balancer(
-        pb::LoadBalancerPolicy::RoundRobin,
-        with_retry(split(&[("v1", 1)]), retry, outlier),
-    ))
-    .await;
+    // The backends take turns and the resetting one stays in rotation, so retries happen.
+    mesh.apply(retrying_in_turn("v1", retry)).await;
     mesh.backend("v1-0").set_reset(true);
     let tally = mesh.client().tally(&Call::get("/"), 40, 1).await;
     assert_eq!(tally.failures, 0, "{:?}", tally.first_failure);

@@ -15,13 +15,8 @@ pub fn route(rules: Vec<pb::RouteRule>) -> pb::Route {
     }
 }
 
-/// A route with these rules whose endpoints are picked by `policy` (no hash header: a ring
-/// hash then keys on the client's IP).
-pub fn balanced(policy: pb::LoadBalancerPolicy, rules: Vec<pb::RouteRule>) -> pb::Route {
-    with_balancer(policy, route(rules))
-}
-
-/// `route` with its endpoints picked by `policy`.
+/// `route` with its endpoints picked by `policy` (no hash header: a ring hash then keys on the
+/// client's IP).
 pub fn with_balancer(policy: pb::LoadBalancerPolicy, route: pb::Route) -> pb::Route {
     pb::Route {
         load_balancer: Some(pb::LoadBalancer {
@@ -44,6 +39,22 @@ pub fn split(weights: &[(&str, u32)]) -> pb::RouteRule {
             .collect(),
         ..Default::default()
     }
+}
+
+/// A route sending everything to `version`, retrying with `retry`, whose endpoints take turns
+/// (round robin) with outlier detection off: a failing endpoint stays in rotation and gets
+/// every other request. (P2C-EWMA would send sequential requests all to the endpoint with the
+/// lower latency estimate, and a fast failure looks fast: the failing endpoint would get all
+/// of them, or none.)
+pub fn retrying_in_turn(version: &str, retry: pb::RetryPolicy) -> pb::Route {
+    let outlier = pb::OutlierDetection {
+        disabled: true,
+        ..Default::default()
+    };
+    with_balancer(
+        pb::LoadBalancerPolicy::RoundRobin,
+        with_retry(split(&[(version, 1)]), retry, outlier),
+    )
 }
 
 /// A route whose every rule retries with `retry`, and with these outlier settings.
