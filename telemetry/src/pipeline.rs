@@ -152,8 +152,8 @@ impl Telemetry {
     }
 
     /// Installs this process's global `tracing` subscriber: human-readable logs to stderr
-    /// (coloured only when stderr is a terminal)
-    /// filtered by `RUST_LOG` (or `default_filter`), plus the OpenTelemetry layer when
+    /// (coloured only when stderr is a terminal) filtered by `RUST_LOG` (or
+    /// `default_filter`), plus the OpenTelemetry layer when
     /// exporting (and the same tracer provider as the global one, for spans built with the
     /// OpenTelemetry API); and W3C trace-context propagation for `traceparent` headers.
     pub fn install(&self, default_filter: &str) -> Result<(), TelemetryError> {

@@ -3,11 +3,11 @@
 //!
 //! The DNS server answers 100k+ queries a second on a few threads; an OpenTelemetry counter
 //! per query (attribute hashing, a map lookup under a lock) would cost more than the rest of
-//! a cached answer. Instead every [`Responder`](super::respond::Responder) owns a [`Shard`]: a fixed
-//! table of atomics indexed by (type, rcode), written only by its owner (one uncontended
-//! relaxed increment per query, on a cache line no other thread writes). A scrape sums the
-//! shards ([`DnsMetrics::for_each`]); a shard whose responder is dropped (a TCP connection
-//! closing) is folded into `retired` first, so counts never go down.
+//! a cached answer. Instead every [`Responder`](super::respond::Responder) owns a [`Shard`]:
+//! a fixed table of atomics indexed by (type, rcode), written only by its owner (one
+//! uncontended relaxed increment per query, on a cache line no other thread writes). A scrape
+//! sums the shards ([`DnsMetrics::for_each`]); a shard whose responder is dropped (a TCP
+//! connection closing) is folded into `retired` first, so counts never go down.
 //!
 //! Queries refused because of their source (`--dns-allow`) are counted twice: as REFUSED
 //! replies by type like any other, and in one more cell of the same table,

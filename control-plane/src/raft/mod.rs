@@ -26,11 +26,12 @@
 //! # Layout
 //! `config.rs` [`RaftConfig`] · `error.rs` errors · `handle.rs` [`RaftHandle`] and status
 //! types · `driver.rs` the Ready loop · `burst.rs` when its yield pays · `acks.rs` a
-//! follower's repeated acknowledgements, not sent · `pending.rs` waiting proposals/reads and the entry
-//! envelope · `storage.rs` raft-rs `Storage` on the WAL and redb (`storage/snapshot.rs` its
-//! snapshot records) · `wal.rs` the write-ahead log · `snapfile.rs` snapshot files ·
-//! `compaction.rs` snapshots taken off the driver thread · `logger.rs` slog → tracing ·
-//! `progress.rs` [`RaftProgress`], term/leader/indexes readable without a driver round trip.
+//! follower's repeated acknowledgements, not sent · `pending.rs` waiting proposals/reads and
+//! the entry envelope · `storage.rs` raft-rs `Storage` on the WAL and redb
+//! (`storage/snapshot.rs` its snapshot records) · `wal.rs` the write-ahead log · `snapfile.rs`
+//! snapshot files · `compaction.rs` snapshots taken off the driver thread · `logger.rs` slog →
+//! tracing · `progress.rs` [`RaftProgress`], term/leader/indexes readable without a driver
+//! round trip.
 
 mod acks;
 mod burst;

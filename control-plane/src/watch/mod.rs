@@ -21,8 +21,8 @@
 //! than the history, it gets a full state flagged `Compacted`.
 //!
 //! # Depends on
-//! `registry` (types, pure) and `replica` (the published [`View`](crate::replica::View)s); tokio. No tonic: the API
-//! converts [`Update`]s to protobuf.
+//! `registry` (types, pure) and `replica` (the published [`View`](crate::replica::View)s);
+//! tokio. No tonic: the API converts [`Update`]s to protobuf.
 
 mod diff;
 mod history;

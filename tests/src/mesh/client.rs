@@ -113,7 +113,8 @@ impl MeshClient {
         }
     }
 
-    /// Sends `call`; `Err` on a transport error or after 30 s without an answer.
+    /// Sends `call`; `Err` on a transport error or when no answer came within
+    /// `REQUEST_PATIENCE`.
     pub async fn send(&self, call: &Call) -> Result<Reply, String> {
         let mut builder = Request::builder()
             .method(call.method.clone())
