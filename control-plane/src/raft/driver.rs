@@ -219,13 +219,9 @@ impl<SM: StateMachine> Driver<SM> {
     fn report_feedback(&mut self) {
         for feedback in self.transport.feedback() {
             match feedback {
-                super::Feedback::Unreachable(id) => {
-                    self.node.report_unreachable(id);
-                    self.acks.forget(id);
-                }
+                super::Feedback::Unreachable(id) => self.unreachable(id),
                 super::Feedback::Down(id) => {
-                    self.node.report_unreachable(id);
-                    self.acks.forget(id);
+                    self.unreachable(id);
                     self.peer_down(id);
                 }
                 super::Feedback::Snapshot { to, delivered } => {
@@ -238,6 +234,13 @@ impl<SM: StateMachine> Driver<SM> {
                 }
             }
         }
+    }
+
+    /// A message to peer `id` may have been lost: raft probes it again, and its next
+    /// acknowledgement goes out even if it repeats one (`acks.rs`).
+    fn unreachable(&mut self, id: u64) {
+        self.node.report_unreachable(id);
+        self.acks.forget(id);
     }
 
     /// Peer `id`'s address refuses connections: no process listens there. If `id` is this
